@@ -1,0 +1,218 @@
+//! `start`: find or make the shim socket for this task's group, spawn the daemon copy of
+//! ourselves with the listener inherited, record the address in the bundle and print it.
+
+use crate::cli::Flags;
+use sha2::{Digest, Sha256};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+pub const SOCKET_DIR: &str = "/run/containerd/s";
+/// The fd on which the daemon copy finds its listening socket.
+pub const LISTENER_FD: i32 = 3;
+const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+
+/// `unix:///run/containerd/s/<sha256 of "<containerd address>/<namespace>/<group>">`, with the
+/// joined path cleaned as Go's filepath.Join does, so both shims agree on it.
+pub fn socket_address(containerd_address: &str, namespace: &str, group: &str) -> String {
+    let joined = clean_path(&format!("{containerd_address}/{namespace}/{group}"));
+    let digest = Sha256::digest(joined.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("unix://{SOCKET_DIR}/{hex}")
+}
+
+/// Lexical cleaning as Go's path.Clean: no empty or `.` elements, `..` resolved.
+fn clean_path(path: &str) -> String {
+    let rooted = path.starts_with('/');
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.last().is_some_and(|p| *p != "..") {
+                    parts.pop();
+                } else if !rooted {
+                    parts.push("..");
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    let body = parts.join("/");
+    match (rooted, body.is_empty()) {
+        (true, _) => format!("/{body}"),
+        (false, true) => ".".to_string(),
+        (false, false) => body,
+    }
+}
+
+/// The group a task's shim serves: the pod sandbox for CRI containers, else the task itself.
+pub fn grouping_id(bundle: &Path, id: &str) -> String {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .and_then(|spec| {
+            spec.get("annotations")?
+                .get(SANDBOX_ANNOTATION)?
+                .as_str()
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| id.to_string())
+}
+
+pub fn socket_path(address: &str) -> &Path {
+    Path::new(address.strip_prefix("unix://").unwrap_or(address))
+}
+
+pub fn run(flags: &Flags) -> io::Result<String> {
+    let bundle = bundle_dir(flags)?;
+    let group = grouping_id(&bundle, &flags.id);
+    let address = socket_address(&flags.address, &flags.namespace, &group);
+    let path = socket_path(&address).to_path_buf();
+    if UnixStream::connect(&path).is_ok() {
+        // A live shim already serves this group.
+        write_address(&bundle, &address)?;
+        return Ok(address);
+    }
+    let listener = bind(&path)?;
+    let options = read_options_from_stdin();
+    if let Err(e) = spawn_daemon(flags, &bundle, listener, &options) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    write_address(&bundle, &address)?;
+    Ok(address)
+}
+
+pub fn bundle_dir(flags: &Flags) -> io::Result<PathBuf> {
+    if flags.bundle.is_empty() {
+        std::env::current_dir()
+    } else {
+        Ok(PathBuf::from(&flags.bundle))
+    }
+}
+
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // A socket nobody answers on is a leftover of a dead shim.
+    let _ = std::fs::remove_file(path);
+    // Bind under a umask that leaves the socket 0600 from its first moment.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    bound.map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))
+}
+
+/// The runtime options containerd may write on our stdin; nothing when stdin is a terminal.
+fn read_options_from_stdin() -> Vec<u8> {
+    let mut buf = Vec::new();
+    if unsafe { libc::isatty(0) } == 0 {
+        let _ = io::stdin().read_to_end(&mut buf);
+    }
+    buf
+}
+
+fn spawn_daemon(
+    flags: &Flags,
+    bundle: &Path,
+    listener: UnixListener,
+    options: &[u8],
+) -> io::Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["-namespace", &flags.namespace, "-id", &flags.id]);
+    cmd.args(["-address", &flags.address]);
+    if !flags.publish_binary.is_empty() {
+        cmd.args(["-publish-binary", &flags.publish_binary]);
+    }
+    if flags.debug {
+        cmd.arg("-debug");
+    }
+    cmd.current_dir(bundle)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let listener_fd: OwnedFd = listener.into();
+    let raw = listener_fd.as_raw_fd();
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if raw == LISTENER_FD {
+                let flags = libc::fcntl(raw, libc::F_GETFD);
+                libc::fcntl(raw, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
+            } else if libc::dup2(raw, LISTENER_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    drop(listener_fd);
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(options)?;
+    }
+    Ok(())
+}
+
+fn write_address(bundle: &Path, address: &str) -> io::Result<()> {
+    let tmp = bundle.join(".address.tmp");
+    std::fs::write(&tmp, address)?;
+    std::fs::rename(&tmp, bundle.join("address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_address_is_the_sha256_of_the_cleaned_join() {
+        // printf '%s' /run/containerd/containerd.sock/default/abc | sha256sum
+        let a = socket_address("/run/containerd/containerd.sock", "default", "abc");
+        let expected = format!(
+            "unix:///run/containerd/s/{}",
+            Sha256::digest(b"/run/containerd/containerd.sock/default/abc")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        );
+        assert_eq!(a, expected);
+        assert_eq!(
+            a,
+            socket_address("/run/containerd//containerd.sock/", "default", "abc")
+        );
+        assert_ne!(
+            a,
+            socket_address("/run/containerd/containerd.sock", "other", "abc")
+        );
+    }
+
+    #[test]
+    fn clean_path_matches_go() {
+        assert_eq!(clean_path("/a//b/./c/../d/"), "/a/b/d");
+        assert_eq!(clean_path("/../x"), "/x");
+        assert_eq!(clean_path("a/../.."), "..");
+        assert_eq!(clean_path(""), ".");
+    }
+
+    #[test]
+    fn grouping_uses_the_sandbox_annotation_when_present() {
+        let dir = std::env::temp_dir().join(format!("grouping-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(grouping_id(&dir, "task"), "task");
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping_id(&dir, "task"), "pod1");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,113 @@
+//! The daemon copy of the shim: child subreaper, log, reaper, event publisher and the ttrpc
+//! server on the inherited socket; it exits after Shutdown once no task is left.
+
+use crate::bootstrap::LISTENER_FD;
+use crate::cli::Flags;
+use crate::events::Publisher;
+use crate::options;
+use crate::protos::shim_ttrpc::create_task;
+use crate::reaper::Reaper;
+use crate::service::{Service, TaskService};
+use protobuf::Message;
+use std::io::Read;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Notify;
+
+pub fn run(flags: &Flags) -> Result<(), String> {
+    crate::logger::init(std::path::Path::new("log"), flags.debug);
+    let raw_options = read_stdin();
+    let default_options = if raw_options.is_empty() {
+        Default::default()
+    } else {
+        protobuf::well_known_types::any::Any::parse_from_bytes(&raw_options)
+            .map_err(|e| e.to_string())
+            .and_then(|any| options::decode(Some(&any)).map_err(|e| e.to_string()))
+            .unwrap_or_else(|e| {
+                log::warn!("ignoring runtime options from start: {e}");
+                Default::default()
+            })
+    };
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "failed to become child subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("failed to start runtime: {e}"))?;
+    runtime.block_on(serve(flags, default_options))
+}
+
+/// Reads what `start` passed on our stdin, then lets go of it.
+fn read_stdin() -> Vec<u8> {
+    let mut buf = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut buf);
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    buf
+}
+
+async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Result<(), String> {
+    // Registered before any child exists, so no SIGCHLD is missed.
+    let mut sigchld =
+        signal(SignalKind::child()).map_err(|e| format!("failed to watch SIGCHLD: {e}"))?;
+    let (reaper, mut exits) = Reaper::new();
+    let publisher = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &flags.namespace);
+    let shutdown = Arc::new(Notify::new());
+    let service = Service::new(
+        &flags.namespace,
+        reaper.clone(),
+        publisher.clone(),
+        default_options,
+        shutdown.clone(),
+    );
+
+    tokio::spawn(async move {
+        while sigchld.recv().await.is_some() {
+            reaper.reap();
+        }
+    });
+    let routed = service.clone();
+    tokio::spawn(async move {
+        while let Some(exit) = exits.recv().await {
+            routed.handle_exit(exit);
+        }
+    });
+
+    // SAFETY: `start` hands us the listening socket on this fd and nothing else owns it.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
+    let socket_path = std_listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(|p| p.to_path_buf()));
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("listener: {e}"))?;
+    let listener =
+        tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    let mut server = ttrpc::r#async::Server::new()
+        .add_listener(listener.into())
+        .register_service(create_task(Arc::new(TaskService(service))));
+    server
+        .start()
+        .await
+        .map_err(|e| format!("failed to serve: {e}"))?;
+    log::info!("serving on {socket_path:?}");
+
+    shutdown.notified().await;
+    log::info!("shutting down");
+    if let Some(path) = &socket_path {
+        let _ = std::fs::remove_file(path);
+    }
+    publisher.flush(Duration::from_secs(5)).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), server.shutdown()).await;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! `runc` invocations. Knows runc's command line and its error log, nothing of containerd;
+//! every command is spawned through the reaper so that its exit comes back to its caller.
+
+use crate::error::{Error, Result};
+use crate::reaper::Reaper;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::pipe;
+
+#[derive(Clone)]
+pub struct Runc {
+    pub binary: PathBuf,
+    /// runc's state root for this namespace, `<root>/<namespace>`.
+    pub root: PathBuf,
+    /// Where runc writes its JSON log; its last error is the message a failure carries.
+    pub log: PathBuf,
+    pub systemd_cgroup: bool,
+    reaper: Arc<Reaper>,
+}
+
+/// The standard streams a container process gets from runc; `None` is /dev/null.
+#[derive(Default)]
+pub struct ProcessStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+#[derive(Default)]
+pub struct CreateOpts {
+    pub pid_file: PathBuf,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+}
+
+impl Runc {
+    pub fn new(
+        binary: &str,
+        root: PathBuf,
+        log: PathBuf,
+        systemd_cgroup: bool,
+        reaper: Arc<Reaper>,
+    ) -> Result<Runc> {
+        let binary = find_binary(binary)?;
+        Ok(Runc {
+            binary,
+            root,
+            log,
+            systemd_cgroup,
+            reaper,
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root").arg(&self.root);
+        cmd.arg("--log")
+            .arg(&self.log)
+            .args(["--log-format", "json"]);
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd
+    }
+
+    pub async fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        opts: &CreateOpts,
+        stdio: ProcessStdio,
+    ) -> Result<()> {
+        let mut cmd = self.command();
+        cmd.arg("create").arg("--bundle").arg(bundle);
+        cmd.arg("--pid-file").arg(&opts.pid_file);
+        if opts.no_pivot_root {
+            cmd.arg("--no-pivot");
+        }
+        if opts.no_new_keyring {
+            cmd.arg("--no-new-keyring");
+        }
+        cmd.arg(id);
+        cmd.stdin(stdio.stdin.map_or_else(Stdio::null, Stdio::from));
+        cmd.stdout(stdio.stdout.map_or_else(Stdio::null, Stdio::from));
+        cmd.stderr(stdio.stderr.map_or_else(Stdio::null, Stdio::from));
+        self.run("create", cmd).await.map(drop)
+    }
+
+    pub async fn start(&self, id: &str) -> Result<()> {
+        self.simple(&["start", id]).await
+    }
+
+    pub async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        let signal = signal.to_string();
+        let mut args = vec!["kill"];
+        if all {
+            args.push("--all");
+        }
+        args.extend([id, signal.as_str()]);
+        self.simple(&args).await
+    }
+
+    pub async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        let mut args = vec!["delete"];
+        if force {
+            args.push("--force");
+        }
+        args.push(id);
+        self.simple(&args).await
+    }
+
+    /// The pids of every process in the container.
+    pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        let mut cmd = self.command();
+        cmd.args(["ps", "--format", "json", id]);
+        let out = self.run_captured("ps", cmd).await?;
+        let text = String::from_utf8_lossy(&out);
+        let trimmed = text.trim();
+        if trimmed.is_empty() || trimmed == "null" {
+            return Ok(Vec::new());
+        }
+        serde_json::from_str(trimmed)
+            .map_err(|e| Error::Internal(format!("runc ps printed unreadable output: {e}")))
+    }
+
+    async fn simple(&self, args: &[&str]) -> Result<()> {
+        let mut cmd = self.command();
+        cmd.args(args);
+        self.run_captured(args[0], cmd).await.map(drop)
+    }
+
+    /// Runs with stdout captured; stderr is captured too, for the error message.
+    async fn run_captured(&self, what: &str, mut cmd: Command) -> Result<Vec<u8>> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.run(what, cmd).await
+    }
+
+    async fn run(&self, what: &str, mut cmd: Command) -> Result<Vec<u8>> {
+        // Only what this command adds to the shared log speaks of its failure.
+        let log_offset = std::fs::metadata(&self.log).map_or(0, |m| m.len());
+        let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "failed to run runc binary {}: {e}",
+                self.binary.display()
+            ))
+        })?;
+        let stdout = child.stdout.take().map(OwnedFd::from);
+        let stderr = child.stderr.take().map(OwnedFd::from);
+        let (out, err) = tokio::join!(read_all(stdout), read_all(stderr));
+        let exit = exited
+            .await
+            .map_err(|_| Error::Internal(format!("runc {what}: exit status lost")))?;
+        if exit.status == 0 {
+            return Ok(out);
+        }
+        let detail = last_log_error(&self.log, log_offset)
+            .or_else(|| Some(String::from_utf8_lossy(&err).trim().to_string()))
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("exit status {}", exit.status));
+        Err(classify(format!("runc {what} failed: {detail}")))
+    }
+}
+
+async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    if let Some(fd) = fd {
+        if let Ok(mut rx) = pipe::Receiver::from_owned_fd(fd) {
+            // A read error just ends what we know of the output.
+            let _ = rx.read_to_end(&mut buf).await;
+        }
+    }
+    buf
+}
+
+/// runc's answers for a process that is gone are NotFound to containerd.
+fn classify(message: String) -> Error {
+    let gone = [
+        "not running",
+        "process already finished",
+        "no such process",
+        "does not exist",
+    ];
+    if gone.iter().any(|g| message.contains(g)) {
+        Error::NotFound(message)
+    } else {
+        Error::Internal(message)
+    }
+}
+
+/// The message of the last error runc wrote to its JSON log.
+fn last_log_error(log: &Path, offset: u64) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(bytes.get(offset as usize..)?);
+    text.lines().rev().find_map(|line| {
+        let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+        let level = entry.get("level")?.as_str()?;
+        if level == "error" || level == "fatal" {
+            entry.get("msg")?.as_str().map(str::to_string)
+        } else {
+            None
+        }
+    })
+}
+
+/// Resolves a runc binary name against PATH, so that a missing binary is named clearly.
+pub fn find_binary(name: &str) -> Result<PathBuf> {
+    let missing = || {
+        Error::FailedPrecondition(format!(
+            "runc binary {name:?} not found (PATH={})",
+            std::env::var("PATH").unwrap_or_default()
+        ))
+    };
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(missing())
+        };
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| is_executable(p))
+        .ok_or_else(missing)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_log_error_takes_the_newest_error_line() {
+        let dir = std::env::temp_dir().join(format!("runc-log-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log.json");
+        std::fs::write(
+            &log,
+            "{\"level\":\"error\",\"msg\":\"old\"}\n{\"level\":\"info\",\"msg\":\"x\"}\n\
+             {\"level\":\"error\",\"msg\":\"container_linux.go: starting failed\"}\nnot json\n",
+        )
+        .unwrap();
+        assert_eq!(
+            last_log_error(&log, 0).as_deref(),
+            Some("container_linux.go: starting failed")
+        );
+        let end = std::fs::metadata(&log).unwrap().len();
+        assert_eq!(
+            last_log_error(&log, end),
+            None,
+            "older errors are not this command's"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_binary_is_a_clear_failed_precondition() {
+        let err = find_binary("/nonexistent/runc").unwrap_err();
+        assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("/nonexistent/runc")));
+        assert!(find_binary("no-such-runc-binary-anywhere").is_err());
+        assert!(find_binary("sh").is_ok());
+    }
+
+    #[test]
+    fn runc_errors_for_finished_processes_are_not_found() {
+        assert!(matches!(
+            classify("runc kill failed: container not running".into()),
+            Error::NotFound(_)
+        ));
+        assert!(matches!(
+            classify("runc start failed: boom".into()),
+            Error::Internal(_)
+        ));
+    }
+}

@@ -1,0 +1,111 @@
+//! Moving bytes between two pipes (a runc pipe and a client FIFO) with splice(2), so each byte
+//! is copied once, inside the kernel (invariant 7).
+
+use nix::fcntl::{splice, SpliceFFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+const CHUNK: usize = 1 << 20;
+
+/// Copies from `src` to `dst` until `src` reports end of file, then closes both (so the reader
+/// of `dst` sees the end too); returns the bytes moved. Both must be non-blocking pipes or FIFOs.
+pub async fn splice_all(src: OwnedFd, dst: OwnedFd) -> io::Result<u64> {
+    let src = register(src, Interest::READABLE)?;
+    let dst = register(dst, Interest::WRITABLE)?;
+    let mut total = 0u64;
+    loop {
+        let mut readable = src.readable().await?;
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+        match splice(src.get_ref(), None, dst.get_ref(), None, CHUNK, flags) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                // EAGAIN does not say which side is not ready; ask both.
+                if !ready(src.get_ref(), PollFlags::POLLIN)? {
+                    readable.clear_ready();
+                    continue;
+                }
+                drop(readable);
+                wait_writable(&dst).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for the
+    // registration's whole life.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+async fn wait_writable(dst: &AsyncFd<OwnedFd>) -> io::Result<()> {
+    loop {
+        let mut guard = dst.writable().await?;
+        if ready(dst.get_ref(), PollFlags::POLLOUT)? {
+            return Ok(());
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Whether `fd` is ready for `events` right now (hang-up and error count as ready: the next
+/// splice reports them).
+fn ready(fd: &OwnedFd, events: PollFlags) -> io::Result<bool> {
+    let mut fds = [PollFd::new(fd.as_fd(), events)];
+    poll(&mut fds, PollTimeout::ZERO)?;
+    let revents = fds[0].revents().unwrap_or(PollFlags::empty());
+    Ok(revents.intersects(events | PollFlags::POLLHUP | PollFlags::POLLERR))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::fcntl::OFlag;
+    use nix::unistd::pipe2;
+    use std::io::{Read, Write};
+
+    #[tokio::test]
+    async fn copies_every_byte_through_a_slow_reader() {
+        let (src_r, src_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let (dst_r, dst_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(src_w);
+            set_blocking(&f);
+            f.write_all(&data).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(dst_r);
+            set_blocking(&f);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                std::thread::sleep(std::time::Duration::from_micros(20));
+                match f.read(&mut buf).unwrap() {
+                    0 => break got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let n = splice_all(src_r, dst_w).await.unwrap();
+        writer.join().unwrap();
+        let got = reader.join().unwrap();
+        assert_eq!(n as usize, expected.len());
+        assert!(got == expected, "copied bytes differ");
+    }
+
+    fn set_blocking(f: &std::fs::File) {
+        use nix::fcntl::{fcntl, FcntlArg};
+        fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(f),
+            FcntlArg::F_SETFL(OFlag::empty()),
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,455 @@
+//! The end-to-end harness: a private containerd (own dirs, socket and config), the busybox
+//! test image, one namespace per test, and cleanup that runs even when a test fails.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub type TestResult = Result<(), String>;
+
+pub const IMAGE: &str = "docker.io/library/busybox-shim-test:latest";
+pub const OURS: &str = "io.containerd.rustshim.v1";
+pub const GO_SHIM: &str = "io.containerd.runc.v2";
+pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rust-v1");
+
+/// Fails the test with a message when the condition does not hold.
+#[macro_export]
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// What must be on the machine; the suite fails, naming what is missing, without it.
+pub fn check_prerequisites() -> Result<(), String> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the end-to-end tests need root (they run containers)".into());
+    }
+    for bin in [
+        "containerd",
+        "ctr",
+        "runc",
+        "containerd-shim-runc-v2",
+        "python3",
+        "timeout",
+    ] {
+        if !on_path(bin) {
+            return Err(format!("{bin} is not installed (run scripts/install.sh)"));
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Err("/bin/busybox is missing (apt-get install busybox-static)".into());
+    }
+    Ok(())
+}
+
+pub fn on_path(bin: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+        .unwrap_or(false)
+}
+
+/// A private containerd daemon.
+pub struct Containerd {
+    pub base: PathBuf,
+    pub address: PathBuf,
+    config: PathBuf,
+    image_archive: PathBuf,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    pub fn start(name: &str) -> Result<Containerd, String> {
+        let base = PathBuf::from(format!("/tmp/shim-e2e-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&base);
+        fs::create_dir_all(base.join("bin")).map_err(|e| format!("mkdir {base:?}: {e}"))?;
+        // containerd finds io.containerd.rustshim.v1 as containerd-shim-rustshim-v1 on PATH:
+        // point it at the binary under test, not at whatever is installed.
+        std::os::unix::fs::symlink(SHIM_BIN, base.join("bin/containerd-shim-rustshim-v1"))
+            .map_err(|e| format!("symlink shim: {e}"))?;
+        let address = base.join("c.sock");
+        let config = base.join("config.toml");
+        fs::write(&config, config_toml(&base, &address)).map_err(|e| e.to_string())?;
+        let image_archive = base.join("busybox.oci.tar");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-image.py");
+        run_ok(
+            Command::new("python3")
+                .arg(script)
+                .arg(&image_archive)
+                .arg(IMAGE),
+        )?;
+        let mut daemon = Containerd {
+            base,
+            address,
+            config,
+            image_archive,
+            child: None,
+        };
+        daemon.launch()?;
+        Ok(daemon)
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.base.join("containerd.log"))
+            .map_err(|e| e.to_string())?;
+        let path = format!(
+            "{}:{}",
+            self.base.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("failed to start containerd: {e}"))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let out = self.ctr("default", &["version"]);
+            if out.status.success() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(format!(
+            "containerd did not answer; see {}",
+            self.base.join("containerd.log").display()
+        ))
+    }
+
+    /// Stops the daemon (SIGTERM, then SIGKILL); its shims keep running, as in production.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.launch()
+    }
+
+    pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
+        self.ctr_command(ns, args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| Output {
+                status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+                stdout: Vec::new(),
+                stderr: format!("failed to run ctr: {e}").into_bytes(),
+            })
+    }
+
+    /// `ctr` bounded by a KILL timeout: ctr forwards TERM to the container.
+    pub fn ctr_command(&self, ns: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "180", "ctr", "--address"])
+            .arg(&self.address)
+            .args(["--namespace", ns])
+            .args(args);
+        cmd
+    }
+
+    pub fn ctr_ok(&self, ns: &str, args: &[&str]) -> Result<String, String> {
+        let out = self.ctr(ns, args);
+        if !out.status.success() {
+            return Err(format!(
+                "ctr {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    pub fn import_image(&self, ns: &str) -> Result<(), String> {
+        let archive = self.image_archive.to_string_lossy().into_owned();
+        self.ctr_ok(ns, &["images", "import", &archive]).map(drop)
+    }
+
+    pub fn ttrpc_address(&self) -> PathBuf {
+        self.base.join("c.sock.ttrpc")
+    }
+
+    /// Where containerd keeps the bundles of a namespace.
+    pub fn bundles(&self, ns: &str) -> PathBuf {
+        self.base
+            .join("state/io.containerd.runtime.v2.task")
+            .join(ns)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+        let address = self.address.to_string_lossy().into_owned();
+        for pid in shim_pids(|args| args.iter().any(|a| *a == address)) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        unmount_under(&self.base);
+        let _ = fs::remove_dir_all(&self.base);
+    }
+}
+
+fn config_toml(base: &Path, address: &Path) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{address}"
+[ttrpc]
+  address = "{address}.ttrpc"
+[debug]
+  address = ""
+  level = "info"
+[metrics]
+  address = ""
+"#,
+        root = base.join("root").display(),
+        state = base.join("state").display(),
+        address = address.display(),
+    )
+}
+
+pub fn run_ok(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("failed to run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Pids of containerd shim processes whose arguments match.
+pub fn shim_pids(matches: impl Fn(&[&str]) -> bool) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(raw) = fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let text = String::from_utf8_lossy(&raw);
+            let args: Vec<&str> = text.split('\0').filter(|a| !a.is_empty()).collect();
+            args.first().is_some_and(|a| a.contains("containerd-shim")) && matches(&args)
+        })
+        .collect()
+}
+
+/// Shim processes serving namespace `ns` (the daemon copies carry `-namespace ns`).
+pub fn shims_of_namespace(ns: &str) -> Vec<i32> {
+    shim_pids(|args| args.windows(2).any(|w| w[0] == "-namespace" && w[1] == ns))
+}
+
+/// Mount points at or below `dir`, deepest first.
+pub fn mounts_under(dir: &Path) -> Vec<String> {
+    let prefix = dir.to_string_lossy().into_owned();
+    let mut found: Vec<String> = fs::read_to_string("/proc/self/mounts")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
+        .collect();
+    found.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    found
+}
+
+pub fn unmount_under(dir: &Path) {
+    for m in mounts_under(dir) {
+        let c = std::ffi::CString::new(m).unwrap_or_default();
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    pid > 0 && Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+/// Polls `check` until it returns Ok or the time is up; returns the last error.
+pub fn eventually<T>(
+    limit: Duration,
+    mut check: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match check() {
+            Ok(v) => return Ok(v),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One test's world: its daemon, namespace and runtime; cleans its namespace up on drop.
+pub struct Ctx<'a> {
+    pub daemon: &'a mut Containerd,
+    pub ns: String,
+    pub runtime: &'static str,
+    ids: Vec<String>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(
+        daemon: &'a mut Containerd,
+        test: &str,
+        runtime: &'static str,
+    ) -> Result<Ctx<'a>, String> {
+        let short = if runtime == OURS { "rust" } else { "go" };
+        let ns = format!("{}-{short}", test.replace('_', "-"));
+        daemon.import_image(&ns)?;
+        Ok(Ctx {
+            daemon,
+            ns,
+            runtime,
+            ids: Vec::new(),
+        })
+    }
+
+    /// A container id for this test, remembered for the leak checks.
+    pub fn id(&mut self, name: &str) -> String {
+        let id = format!("{name}-{}", self.ids.len());
+        self.ids.push(id.clone());
+        id
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.daemon.ctr(&self.ns, args)
+    }
+
+    pub fn ctr_ok(&self, args: &[&str]) -> Result<String, String> {
+        self.daemon.ctr_ok(&self.ns, args)
+    }
+
+    pub fn ctr_command(&self, args: &[&str]) -> Command {
+        self.daemon.ctr_command(&self.ns, args)
+    }
+
+    /// `ctr run --runtime R <extra> IMAGE ID cmd...` as argument vector.
+    pub fn run_args<'b>(&'b self, extra: &[&'b str], id: &'b str, cmd: &[&'b str]) -> Vec<&'b str> {
+        let mut args = vec!["run", "--runtime", self.runtime];
+        args.extend_from_slice(extra);
+        args.push(IMAGE);
+        args.push(id);
+        args.extend_from_slice(cmd);
+        args
+    }
+
+    /// The status column of `ctr tasks ls` for `id`, if listed.
+    pub fn task_status(&self, id: &str) -> Option<String> {
+        let out = self.ctr_ok(&["tasks", "ls"]).ok()?;
+        out.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
+        })
+    }
+
+    pub fn task_pid(&self, id: &str) -> Option<i32> {
+        let out = self.ctr_ok(&["tasks", "ls"]).ok()?;
+        out.lines().skip(1).find_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            (cols.first() == Some(&id))
+                .then(|| cols.get(1)?.parse().ok())
+                .flatten()
+        })
+    }
+
+    /// Removes every task and container of the namespace, then checks nothing of them is left:
+    /// no shim process, no mount, no shim socket.
+    pub fn clean_and_check(&mut self) -> TestResult {
+        let tasks = self.ctr_ok(&["tasks", "ls", "-q"]).unwrap_or_default();
+        for id in tasks.split_whitespace() {
+            let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+        }
+        let containers = self.ctr_ok(&["containers", "ls", "-q"]).unwrap_or_default();
+        for id in containers.split_whitespace() {
+            let _ = self.ctr(&["tasks", "rm", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        let shims = eventually(Duration::from_secs(10), || {
+            let left = shims_of_namespace(&self.ns);
+            ensure!(left.is_empty(), "shim processes left: {left:?}");
+            Ok(())
+        });
+        let bundles = self.daemon.bundles(&self.ns);
+        let mounts = mounts_under(&bundles);
+        unmount_under(&bundles);
+        for pid in shims_of_namespace(&self.ns) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let address = self.daemon.address.to_string_lossy().into_owned();
+        let sockets: Vec<String> = self
+            .ids
+            .iter()
+            .map(|id| shim::bootstrap::socket_address(&address, &self.ns, id))
+            .filter(|a| shim::bootstrap::socket_path(a).exists())
+            .collect();
+        for s in &sockets {
+            let _ = fs::remove_file(shim::bootstrap::socket_path(s));
+        }
+        shims?;
+        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+        ensure!(sockets.is_empty(), "shim sockets left: {sockets:?}");
+        Ok(())
+    }
+}
+
+/// Reads a child's whole stdout on a thread, so a large output never blocks the child.
+pub fn read_in_background(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = r.read_to_end(&mut buf);
+        buf
+    })
+}
