@@ -210,10 +210,12 @@ fn last_log_error(log: &Path, offset: u64) -> Option<String> {
 /// Resolves a runc binary name against PATH, so that a missing binary is named clearly.
 pub fn find_binary(name: &str) -> Result<PathBuf> {
     let missing = || {
-        Error::FailedPrecondition(format!(
-            "runc binary {name:?} not found (PATH={})",
-            std::env::var("PATH").unwrap_or_default()
-        ))
+        let searched = if name.contains('/') {
+            String::new()
+        } else {
+            format!(" in PATH={}", std::env::var("PATH").unwrap_or_default())
+        };
+        Error::FailedPrecondition(format!("runc binary {name:?} not found{searched}"))
     };
     if name.contains('/') {
         let path = PathBuf::from(name);

@@ -7,7 +7,12 @@
 
 mod common;
 
+use common::direct::{self, DirectShim};
 use common::*;
+use shim::protos::shim::{
+    CreateTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
+};
+use shim::protos::task::Status as TaskStatus;
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
@@ -34,6 +39,14 @@ const TESTS: &[(&str, Test)] = &[
         task_survives_containerd_restart,
     ),
     ("killed_shim_is_cleaned_up", killed_shim_is_cleaned_up),
+    (
+        "bad_requests_get_clear_errors",
+        bad_requests_get_clear_errors,
+    ),
+    (
+        "exits_racing_start_are_never_lost",
+        exits_racing_start_are_never_lost,
+    ),
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -270,6 +283,370 @@ fn killed_shim_is_cleaned_up(ctx: &mut Ctx) -> TestResult {
         "dead shim's socket {} left behind",
         socket.display()
     );
+    Ok(())
+}
+
+fn shim_binary(ctx: &Ctx) -> &'static str {
+    if ctx.runtime == OURS {
+        SHIM_BIN
+    } else {
+        direct::GO_SHIM_BIN
+    }
+}
+
+/// The call failed, naming `needle`; with our shim, also with the gRPC code containerd expects
+/// (`go_too`: containerd's Go shim answers that code as well).
+fn expect_err<T: std::fmt::Debug>(
+    ctx: &Ctx,
+    what: &str,
+    result: ttrpc::Result<T>,
+    code: ttrpc::Code,
+    go_too: bool,
+    needle: &str,
+) -> TestResult {
+    match result {
+        Ok(v) => Err(format!("{what}: succeeded ({v:?}), want an error")),
+        Err(ttrpc::Error::RpcStatus(s)) => {
+            if std::env::var_os("E2E_VERBOSE").is_some() {
+                println!(
+                    "    [{}] {what}: {:?} {:?}",
+                    ctx.runtime,
+                    s.code(),
+                    s.message()
+                );
+            }
+            ensure!(
+                s.message().contains(needle),
+                "{what}: message {:?} does not name {needle:?}",
+                s.message()
+            );
+            if ctx.runtime == OURS || go_too {
+                ensure!(
+                    s.code() == code,
+                    "{what}: code {:?} ({}), want {code:?}",
+                    s.code(),
+                    s.message()
+                );
+            }
+            Ok(())
+        }
+        Err(e) => Err(format!("{what}: transport error {e}")),
+    }
+}
+
+fn create_request(id: &str, bundle: &std::path::Path) -> CreateTaskRequest {
+    CreateTaskRequest {
+        id: id.to_string(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        ..Default::default()
+    }
+}
+
+fn options_any(
+    type_url: &str,
+    value: Vec<u8>,
+) -> protobuf::MessageField<protobuf::well_known_types::any::Any> {
+    let mut any = protobuf::well_known_types::any::Any::new();
+    any.type_url = type_url.to_string();
+    any.value = value;
+    protobuf::MessageField::some(any)
+}
+
+fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
+    use protobuf::Message;
+    let sh = DirectShim::start(shim_binary(ctx), &ctx.ns, "good", &["sleep", "1000"])?;
+    let c = &sh.client;
+    let cx = DirectShim::ctx;
+    let state_of = |id: &str| StateRequest {
+        id: id.into(),
+        ..Default::default()
+    };
+    let still_serving = |after: &str| -> TestResult {
+        sh.rt
+            .block_on(c.state(cx(), &state_of("good")))
+            .map(drop)
+            .map_err(|e| format!("after {after}, State of a good task failed: {e}"))
+    };
+
+    let r = sh.rt.block_on(c.state(cx(), &state_of("nosuch")));
+    expect_err(
+        ctx,
+        "State of an unknown id",
+        r,
+        ttrpc::Code::NOT_FOUND,
+        true,
+        "",
+    )?;
+
+    let good = sh.bundle_path("good");
+    let created = sh
+        .rt
+        .block_on(c.create(cx(), &create_request("good", &good)));
+    let pid = created
+        .map_err(|e| format!("Create of a good bundle failed: {e}"))?
+        .pid;
+    ensure!(pid > 0, "Create returned pid 0");
+    let state = sh
+        .rt
+        .block_on(c.state(cx(), &state_of("good")))
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        state.status.value() == TaskStatus::CREATED as i32,
+        "state {:?}, want CREATED",
+        state.status
+    );
+
+    let r = sh
+        .rt
+        .block_on(c.create(cx(), &create_request("good", &good)));
+    expect_err(
+        ctx,
+        "Create of an existing id",
+        r,
+        ttrpc::Code::ALREADY_EXISTS,
+        false,
+        "exists",
+    )?;
+    still_serving("a duplicate Create")?;
+
+    let no_config = sh.bundle("nocfg", &["true"])?;
+    std::fs::remove_file(no_config.join("config.json")).map_err(|e| e.to_string())?;
+    let r = sh
+        .rt
+        .block_on(c.create(cx(), &create_request("nocfg", &no_config)));
+    expect_err(
+        ctx,
+        "Create without config.json",
+        r,
+        ttrpc::Code::INVALID_ARGUMENT,
+        false,
+        "config.json",
+    )?;
+    still_serving("a bundle without config.json")?;
+
+    let broken = sh.bundle("badcfg", &["true"])?;
+    std::fs::write(broken.join("config.json"), "{ not json").map_err(|e| e.to_string())?;
+    let r = sh
+        .rt
+        .block_on(c.create(cx(), &create_request("badcfg", &broken)));
+    expect_err(
+        ctx,
+        "Create with a broken config.json",
+        r,
+        ttrpc::Code::INVALID_ARGUMENT,
+        false,
+        "",
+    )?;
+    still_serving("a broken config.json")?;
+
+    let mut no_runc = create_request("norunc", &sh.bundle("norunc", &["true"])?);
+    let opts = shim::protos::runc_options::Options {
+        binary_name: "/nonexistent/runc".into(),
+        ..Default::default()
+    };
+    no_runc.options = options_any(
+        "containerd.runc.v1.Options",
+        opts.write_to_bytes().map_err(|e| e.to_string())?,
+    );
+    let r = sh.rt.block_on(c.create(cx(), &no_runc));
+    expect_err(
+        ctx,
+        "Create with a missing runc",
+        r,
+        ttrpc::Code::FAILED_PRECONDITION,
+        false,
+        "/nonexistent/runc",
+    )?;
+    still_serving("a missing runc")?;
+
+    let mut garbled = create_request("garbled", &sh.bundle("garbled", &["true"])?);
+    garbled.options = options_any("containerd.runc.v1.Options", vec![0xff, 0xff, 0xff]);
+    let r = sh.rt.block_on(c.create(cx(), &garbled));
+    expect_err(
+        ctx,
+        "Create with malformed options",
+        r,
+        ttrpc::Code::INVALID_ARGUMENT,
+        false,
+        "",
+    )?;
+    still_serving("malformed options")?;
+
+    let start = StartRequest {
+        id: "good".into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.start(cx(), &start))
+        .map_err(|e| format!("Start failed: {e}"))?;
+    let r = sh.rt.block_on(c.start(cx(), &start));
+    expect_err(
+        ctx,
+        "a second Start",
+        r,
+        ttrpc::Code::FAILED_PRECONDITION,
+        false,
+        "",
+    )?;
+    still_serving("a second Start")?;
+
+    let delete = DeleteRequest {
+        id: "good".into(),
+        ..Default::default()
+    };
+    let r = sh.rt.block_on(c.delete(cx(), &delete));
+    expect_err(
+        ctx,
+        "Delete of a running task",
+        r,
+        ttrpc::Code::FAILED_PRECONDITION,
+        false,
+        "",
+    )?;
+    still_serving("Delete of a running task")?;
+
+    let kill = |id: &str| KillRequest {
+        id: id.into(),
+        signal: 9,
+        ..Default::default()
+    };
+    let r = sh.rt.block_on(c.kill(cx(), &kill("nosuch")));
+    expect_err(
+        ctx,
+        "Kill of an unknown id",
+        r,
+        ttrpc::Code::NOT_FOUND,
+        true,
+        "",
+    )?;
+    let wait_exec = WaitRequest {
+        id: "good".into(),
+        exec_id: "nosuch".into(),
+        ..Default::default()
+    };
+    let r = sh.rt.block_on(c.wait(cx(), &wait_exec));
+    expect_err(
+        ctx,
+        "Wait on an unknown exec",
+        r,
+        ttrpc::Code::NOT_FOUND,
+        true,
+        "",
+    )?;
+    still_serving("requests for unknown ids")?;
+
+    sh.rt
+        .block_on(c.kill(cx(), &kill("good")))
+        .map_err(|e| format!("Kill failed: {e}"))?;
+    let wait = WaitRequest {
+        id: "good".into(),
+        ..Default::default()
+    };
+    let waited = sh
+        .rt
+        .block_on(c.wait(cx(), &wait))
+        .map_err(|e| format!("Wait failed: {e}"))?;
+    ensure!(
+        waited.exit_status == 137,
+        "exit status {}, want 137",
+        waited.exit_status
+    );
+    let deleted = sh
+        .rt
+        .block_on(c.delete(cx(), &delete))
+        .map_err(|e| format!("Delete failed: {e}"))?;
+    ensure!(
+        deleted.exit_status == 137 && deleted.pid == pid,
+        "Delete answered {deleted:?}"
+    );
+    let r = sh.rt.block_on(c.state(cx(), &state_of("good")));
+    expect_err(
+        ctx,
+        "State after Delete",
+        r,
+        ttrpc::Code::NOT_FOUND,
+        true,
+        "",
+    )?;
+
+    let topics = eventually(Duration::from_secs(10), || {
+        let t = sh.topics();
+        ensure!(t.len() >= 4, "events so far: {t:?}");
+        Ok(t)
+    })?;
+    let expected = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    ensure!(
+        topics == expected,
+        "events were {topics:?}, want {expected:?}"
+    );
+    Ok(())
+}
+
+/// A process that exits at once may be reaped before `runc start` returns (invariant 1).
+fn exits_racing_start_are_never_lost(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(shim_binary(ctx), &ctx.ns, "race0", &["true"])?;
+    let c = &sh.client;
+    let cx = DirectShim::ctx;
+    for i in 0..20 {
+        let id = format!("race{i}");
+        let bundle = if i == 0 {
+            sh.bundle_path(&id)
+        } else {
+            sh.bundle(&id, &["true"])?
+        };
+        sh.rt
+            .block_on(c.create(cx(), &create_request(&id, &bundle)))
+            .map_err(|e| format!("Create {id}: {e}"))?;
+        let start = StartRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        sh.rt
+            .block_on(c.start(cx(), &start))
+            .map_err(|e| format!("Start {id}: {e}"))?;
+        let wait = WaitRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        let waited = sh
+            .rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), c.wait(cx(), &wait)).await
+            })
+            .map_err(|_| format!("Wait {id} never returned: the exit was lost"))?
+            .map_err(|e| format!("Wait {id}: {e}"))?;
+        ensure!(
+            waited.exit_status == 0,
+            "{id} exit status {}",
+            waited.exit_status
+        );
+        let delete = DeleteRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        sh.rt
+            .block_on(c.delete(cx(), &delete))
+            .map_err(|e| format!("Delete {id}: {e}"))?;
+    }
+    let per_task = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    let topics = eventually(Duration::from_secs(10), || {
+        let t = sh.topics();
+        ensure!(t.len() >= 80, "{} events so far", t.len());
+        Ok(t)
+    })?;
+    for (n, chunk) in topics.chunks(4).enumerate() {
+        ensure!(chunk == per_task, "events of task {n} were {chunk:?}");
+    }
     Ok(())
 }
 

@@ -1,0 +1,194 @@
+//! A shim driven directly over ttrpc, without containerd: `<shim> start` in a bundle, our
+//! generated Task client, and a stand-in for containerd's events service that records what
+//! the shim publishes. Used where containerd would stand between the test and the shim's
+//! answer (error codes, request order).
+
+use super::{run_ok, shim_pids};
+use shim::protos::forward::ForwardRequest;
+use shim::protos::forward_ttrpc::{create_events, Events};
+use shim::protos::shim_ttrpc::TaskClient;
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const GO_SHIM_BIN: &str = "containerd-shim-runc-v2";
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl Events for Recorder {
+    async fn forward(
+        &self,
+        _: &ttrpc::r#async::TtrpcContext,
+        req: ForwardRequest,
+    ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+        let env = req.envelope;
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push((env.topic.clone(), env.event.type_url.clone()));
+        Ok(Default::default())
+    }
+}
+
+pub struct DirectShim {
+    pub dir: PathBuf,
+    pub ns: String,
+    pub client: TaskClient,
+    pub rt: tokio::runtime::Runtime,
+    recorder: Arc<Recorder>,
+    _events: ttrpc::r#async::Server,
+    _log: fs::File,
+    fake_address: String,
+    ids: Mutex<Vec<String>>,
+}
+
+impl DirectShim {
+    /// Starts `binary` for task `first_id`, whose bundle (running `args`) is made first: the Go
+    /// shim reads the spec in its working directory at start.
+    pub fn start(
+        binary: &str,
+        ns: &str,
+        first_id: &str,
+        args: &[&str],
+    ) -> Result<DirectShim, String> {
+        let dir = PathBuf::from(format!("/tmp/shim-direct-{}-{ns}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let recorder = Arc::new(Recorder::default());
+        let events_sock = dir.join("events.sock");
+        let events = rt.block_on(async {
+            let mut server = ttrpc::r#async::Server::new()
+                .bind(&format!("unix://{}", events_sock.display()))
+                .map_err(|e| e.to_string())?
+                .register_service(create_events(recorder.clone()));
+            server.start().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(server)
+        })?;
+        let bundle = make_bundle(&dir, first_id, args)?;
+        let log_fifo = bundle.join("log");
+        nix::unistd::mkfifo(&log_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .map_err(|e| e.to_string())?;
+        // Stands for containerd's reader of the shim log; read-write so opening never waits.
+        let log = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&log_fifo)
+            .map_err(|e| e.to_string())?;
+        let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();
+        let address = run_ok(
+            Command::new(binary)
+                .args(["-namespace", ns, "-address", &fake_address])
+                .args(["-publish-binary", "/bin/true", "-id", first_id, "start"])
+                .current_dir(&bundle)
+                .env("TTRPC_ADDRESS", &events_sock),
+        )?;
+        let client = rt
+            .block_on(ttrpc::r#async::Client::connect(address.trim()))
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        Ok(DirectShim {
+            dir,
+            ns: ns.to_string(),
+            client: TaskClient::new(client),
+            rt,
+            recorder,
+            _events: events,
+            _log: log,
+            fake_address,
+            ids: Mutex::new(vec![first_id.to_string()]),
+        })
+    }
+
+    pub fn bundle_path(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    /// A bundle for `id` running `args` in a busybox rootfs.
+    pub fn bundle(&self, id: &str, args: &[&str]) -> Result<PathBuf, String> {
+        self.ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(id.to_string());
+        make_bundle(&self.dir, id, args)
+    }
+
+    pub fn ctx() -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+    }
+
+    /// The topics published so far for container `id` (the events carry it in their payload;
+    /// the recorder keeps topics in arrival order).
+    pub fn topics(&self) -> Vec<String> {
+        self.recorder
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+}
+
+impl Drop for DirectShim {
+    fn drop(&mut self) {
+        let req = shim::protos::shim::ShutdownRequest {
+            now: true,
+            ..Default::default()
+        };
+        let _ = self.rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                self.client.shutdown(Self::ctx(), &req),
+            )
+            .await
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let address = self.fake_address.clone();
+        for pid in shim_pids(|args| args.iter().any(|a| *a == address)) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let root = format!("/run/containerd/runc/{}", self.ns);
+        for id in self.ids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = Command::new("runc")
+                .args(["--root", &root, "delete", "--force", id])
+                .output();
+        }
+        let _ = fs::remove_dir_all(&root);
+        super::unmount_under(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn make_bundle(dir: &Path, id: &str, args: &[&str]) -> Result<PathBuf, String> {
+    let bundle = dir.join(id);
+    let rootfs = bundle.join("rootfs");
+    fs::create_dir_all(rootfs.join("bin")).map_err(|e| e.to_string())?;
+    for d in ["proc", "dev", "sys", "tmp"] {
+        fs::create_dir_all(rootfs.join(d)).map_err(|e| e.to_string())?;
+    }
+    fs::copy("/bin/busybox", rootfs.join("bin/busybox")).map_err(|e| e.to_string())?;
+    for applet in ["sh", "sleep", "true", "cat", "echo"] {
+        let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet));
+    }
+    run_ok(Command::new("runc").args(["spec", "--bundle"]).arg(&bundle))?;
+    let path = bundle.join("config.json");
+    let text = fs::read(&path).map_err(|e| e.to_string())?;
+    let mut spec: serde_json::Value = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+    spec["process"]["terminal"] = serde_json::Value::Bool(false);
+    spec["process"]["args"] = serde_json::json!(args);
+    spec["process"]["env"] = serde_json::json!(["PATH=/bin"]);
+    fs::write(
+        &path,
+        serde_json::to_vec_pretty(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(bundle)
+}
