@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Measures our shim against containerd's Go shim in the same run, on a private containerd:
+#   - wall time of `ctr run --rm IMAGE true` (mean of RUNS runs)
+#   - wall time of 256 MiB of container stdout through the shim to ctr
+#   - resident memory (RSS and PSS) of one idle shim serving one sleeping container
+# Prints each figure for both, and ours as a ratio of the Go shim's. Figures, not a test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-20}
+. scripts/lib.sh
+[ -x /usr/local/bin/containerd-shim-rustshim-v1 ] || scripts/install.sh >/dev/null
+
+work=$(mktemp -d /tmp/shim-bench.XXXXXX)
+ns=bench
+trap 'private_containerd_stop "$work"; rm -rf "$work"' EXIT
+private_containerd_start "$work"
+import_test_image "$work" "$ns"
+c() { timeout -s KILL 120 ctr --address "$address" -n "$ns" "$@"; }
+now_ns() { date +%s%N; }
+
+declare -A result
+for rt in io.containerd.rustshim.v1 io.containerd.runc.v2; do
+  c run --rm --runtime "$rt" "$IMAGE" warm true
+  start=$(now_ns)
+  for i in $(seq "$RUNS"); do c run --rm --runtime "$rt" "$IMAGE" "r$i" true; done
+  result[$rt,run_ms]=$(( ($(now_ns) - start) / RUNS / 1000000 ))
+
+  start=$(now_ns)
+  c run --rm --runtime "$rt" "$IMAGE" big sh -c 'head -c 268435456 /dev/zero' | wc -c >/dev/null
+  result[$rt,stream_ms]=$(( ($(now_ns) - start) / 1000000 ))
+
+  c run -d --runtime "$rt" "$IMAGE" idle sleep 1000 >/dev/null
+  sleep 2
+  shim=$(pgrep -f -- "-namespace $ns -id idle" | head -1)
+  result[$rt,rss_kib]=$(awk '/^VmRSS/ {print $2}' "/proc/$shim/status")
+  result[$rt,pss_kib]=$(awk '/^Pss:/ {print $2}' "/proc/$shim/smaps_rollup")
+  c tasks kill -s SIGKILL idle >/dev/null; sleep 0.5
+  c tasks rm -f idle >/dev/null 2>&1 || true; c containers rm idle >/dev/null
+done
+
+ours=io.containerd.rustshim.v1 go=io.containerd.runc.v2
+printf '%-32s %12s %12s %8s\n' figure rust-v1 runc.v2 ratio
+for f in run_ms stream_ms rss_kib pss_kib; do
+  a=${result[$ours,$f]} b=${result[$go,$f]}
+  printf '%-32s %12s %12s %8s\n' "$f" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", (b>0? a/b : 0)}')"
+done
+echo "(run_ms: mean of $RUNS 'ctr run --rm true'; stream_ms: 256 MiB stdout; rss/pss: one idle shim)"
