@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::direct::{self, DirectShim};
+use common::direct::DirectShim;
 use common::*;
 use shim::protos::shim::{
     CreateTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
@@ -71,7 +71,7 @@ fn run_rm_gives_output_and_exit_code(ctx: &mut Ctx) -> TestResult {
 
 fn events_arrive_in_lifecycle_order(ctx: &mut Ctx) -> TestResult {
     // Not under `timeout`: killing that would leave ctr holding the pipe open.
-    let mut events = std::process::Command::new("ctr")
+    let mut events = std::process::Command::new(ctx.daemon.line.tool("ctr"))
         .arg("--address")
         .arg(&ctx.daemon.address)
         .args(["--namespace", &ctx.ns, "events"])
@@ -286,11 +286,15 @@ fn killed_shim_is_cleaned_up(ctx: &mut Ctx) -> TestResult {
     Ok(())
 }
 
-fn shim_binary(ctx: &Ctx) -> &'static str {
+fn shim_binary(ctx: &Ctx) -> String {
     if ctx.runtime == OURS {
-        SHIM_BIN
+        SHIM_BIN.to_string()
     } else {
-        direct::GO_SHIM_BIN
+        ctx.daemon
+            .line
+            .tool("containerd-shim-runc-v2")
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -354,7 +358,7 @@ fn options_any(
 
 fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
     use protobuf::Message;
-    let sh = DirectShim::start(shim_binary(ctx), &ctx.ns, "good", &["sleep", "1000"])?;
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "good", &["sleep", "1000"])?;
     let c = &sh.client;
     let cx = DirectShim::ctx;
     let state_of = |id: &str| StateRequest {
@@ -589,7 +593,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
 
 /// A process that exits at once may be reaped before `runc start` returns (invariant 1).
 fn exits_racing_start_are_never_lost(ctx: &mut Ctx) -> TestResult {
-    let sh = DirectShim::start(shim_binary(ctx), &ctx.ns, "race0", &["true"])?;
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "race0", &["true"])?;
     let c = &sh.client;
     let cx = DirectShim::ctx;
     for i in 0..20 {
@@ -650,6 +654,8 @@ fn exits_racing_start_are_never_lost(ctx: &mut Ctx) -> TestResult {
     Ok(())
 }
 
+const DEFAULT_LINES: &str = "1.6,1.7,2.1";
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -659,45 +665,70 @@ fn main() {
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .collect();
+    let lines = std::env::var("CONTAINERD_VERSIONS").unwrap_or_else(|_| DEFAULT_LINES.into());
+    let mut report = Report::default();
     if let Err(e) = check_prerequisites() {
-        eprintln!("e2e: cannot run the end-to-end tests: {e}");
-        println!("e2e: 0 passed, 1 failed");
-        std::process::exit(1);
-    }
-    let mut daemon = match Containerd::start("e2e") {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("e2e: cannot start containerd: {e}");
-            println!("e2e: 0 passed, 1 failed");
-            std::process::exit(1);
+        report.fail(format!("prerequisites: {e}"));
+    } else {
+        for line in lines.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+            run_line(line, &selected, &mut report);
         }
+    }
+    std::process::exit(report.finish());
+}
+
+#[derive(Default)]
+struct Report {
+    passed: usize,
+    failed: Vec<String>,
+}
+
+impl Report {
+    fn fail(&mut self, label: String) {
+        println!("test {label} ... FAILED");
+        self.failed.push(label);
+    }
+
+    fn finish(&self) -> i32 {
+        if !self.failed.is_empty() {
+            println!("\nfailures:");
+            self.failed.iter().for_each(|f| println!("    {f}"));
+        }
+        println!(
+            "\ne2e: {} passed, {} failed",
+            self.passed,
+            self.failed.len()
+        );
+        i32::from(!self.failed.is_empty())
+    }
+}
+
+/// Every selected test, for our shim and the line's Go shim, on one private containerd.
+fn run_line(line: &str, selected: &[&(&str, Test)], report: &mut Report) {
+    let started = std::time::Instant::now();
+    let daemon = Line::provide(line).and_then(|l| Containerd::start(&l));
+    let mut daemon = match daemon {
+        Ok(d) => d,
+        Err(e) => return report.fail(format!("containerd {line}: cannot start: {e}")),
     };
-    let (mut passed, mut failed) = (0, Vec::new());
+    println!("== containerd {line} ({})", daemon.line.bin.display());
     for runtime in RUNTIMES {
-        for (name, test) in &selected {
-            let label = format!("{name} [{runtime}]");
-            let started = std::time::Instant::now();
-            let result = run_one(&mut daemon, name, runtime, *test);
-            let secs = started.elapsed().as_secs_f64();
-            match result {
+        for (name, test) in selected {
+            let label = format!("{name} [{runtime} @ containerd {line}]");
+            let t0 = std::time::Instant::now();
+            match run_one(&mut daemon, name, runtime, *test) {
                 Ok(()) => {
-                    passed += 1;
-                    println!("test {label} ... ok ({secs:.1}s)");
+                    report.passed += 1;
+                    println!("test {label} ... ok ({:.1}s)", t0.elapsed().as_secs_f64());
                 }
-                Err(e) => {
-                    println!("test {label} ... FAILED ({secs:.1}s)\n    {e}");
-                    failed.push(label);
-                }
+                Err(e) => report.fail(format!("{label}\n    {e}")),
             }
         }
     }
-    drop(daemon);
-    if !failed.is_empty() {
-        println!("\nfailures:");
-        failed.iter().for_each(|f| println!("    {f}"));
-    }
-    println!("\ne2e: {passed} passed, {} failed", failed.len());
-    std::process::exit(i32::from(!failed.is_empty()));
+    println!(
+        "== containerd {line}: {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 fn run_one(daemon: &mut Containerd, name: &str, runtime: &'static str, test: Test) -> TestResult {

@@ -6,7 +6,7 @@
 use super::{run_ok, shim_pids};
 use shim::protos::forward::ForwardRequest;
 use shim::protos::forward_ttrpc::{create_events, Events};
-use shim::protos::shim_ttrpc::TaskClient;
+use shim::protos::shim::*;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -14,7 +14,49 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const GO_SHIM_BIN: &str = "containerd-shim-runc-v2";
+/// A Task API client for either wire name of the service: containerd.task.v2.Task, or
+/// containerd.task.v3.Task (containerd 2.x; same messages), as the shim's bootstrap says.
+pub struct TaskApi {
+    client: ttrpc::r#async::Client,
+    service: String,
+}
+
+macro_rules! task_calls {
+    ($($fn_name:ident, $method:literal, $req:ty, $resp:ty;)*) => {
+        impl TaskApi {
+            $(pub async fn $fn_name(&self, ctx: ttrpc::context::Context, req: &$req) -> ttrpc::Result<$resp> {
+                let mut cres = <$resp>::new();
+                ttrpc::async_client_request!(self, ctx, req, self.service, $method, cres);
+            })*
+        }
+    };
+}
+
+task_calls! {
+    state, "State", StateRequest, StateResponse;
+    create, "Create", CreateTaskRequest, CreateTaskResponse;
+    start, "Start", StartRequest, StartResponse;
+    delete, "Delete", DeleteRequest, DeleteResponse;
+    kill, "Kill", KillRequest, protobuf::well_known_types::empty::Empty;
+    wait, "Wait", WaitRequest, WaitResponse;
+    connect, "Connect", ConnectRequest, ConnectResponse;
+    shutdown, "Shutdown", ShutdownRequest, protobuf::well_known_types::empty::Empty;
+}
+
+/// The address and task API version a shim's `start` printed: a plain address (version 2), or
+/// containerd 2.x's JSON bootstrap `{"version":3,"address":...,"protocol":"ttrpc"}`.
+pub fn parse_bootstrap(out: &str) -> Result<(String, u64), String> {
+    let out = out.trim();
+    if !out.starts_with('{') {
+        return Ok((out.to_string(), 2));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(out).map_err(|e| format!("bootstrap {out}: {e}"))?;
+    let address = v["address"]
+        .as_str()
+        .ok_or(format!("bootstrap without address: {out}"))?;
+    Ok((address.to_string(), v["version"].as_u64().unwrap_or(2)))
+}
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(String, String)>>);
@@ -36,7 +78,9 @@ impl Events for Recorder {
 pub struct DirectShim {
     pub dir: PathBuf,
     pub ns: String,
-    pub client: TaskClient,
+    pub client: TaskApi,
+    /// The task API version the shim announced.
+    pub version: u64,
     pub rt: tokio::runtime::Runtime,
     recorder: Arc<Recorder>,
     _events: ttrpc::r#async::Server,
@@ -84,20 +128,23 @@ impl DirectShim {
             .open(&log_fifo)
             .map_err(|e| e.to_string())?;
         let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();
-        let address = run_ok(
+        let bootstrap = run_ok(
             Command::new(binary)
                 .args(["-namespace", ns, "-address", &fake_address])
                 .args(["-publish-binary", "/bin/true", "-id", first_id, "start"])
                 .current_dir(&bundle)
                 .env("TTRPC_ADDRESS", &events_sock),
         )?;
+        let (address, version) = parse_bootstrap(&bootstrap)?;
         let client = rt
-            .block_on(ttrpc::r#async::Client::connect(address.trim()))
+            .block_on(ttrpc::r#async::Client::connect(&address))
             .map_err(|e| format!("connect {address}: {e}"))?;
+        let service = format!("containerd.task.v{version}.Task");
         Ok(DirectShim {
             dir,
             ns: ns.to_string(),
-            client: TaskClient::new(client),
+            client: TaskApi { client, service },
+            version,
             rt,
             recorder,
             _events: events,
@@ -139,7 +186,7 @@ impl DirectShim {
 
 impl Drop for DirectShim {
     fn drop(&mut self) {
-        let req = shim::protos::shim::ShutdownRequest {
+        let req = ShutdownRequest {
             now: true,
             ..Default::default()
         };

@@ -57,8 +57,49 @@ pub fn on_path(bin: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A containerd release line and the directory with its containerd, ctr and Go shim.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub name: String,
+    pub bin: PathBuf,
+}
+
+impl Line {
+    /// Provides the line through scripts/containerd.sh (fetched once, then cached).
+    pub fn provide(name: &str) -> Result<Line, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containerd.sh");
+        let out = Command::new(script)
+            .arg(name)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .map_err(|e| format!("scripts/containerd.sh {name}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "scripts/containerd.sh {name} failed ({})",
+                out.status
+            ));
+        }
+        let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        Ok(Line {
+            name: name.to_string(),
+            bin,
+        })
+    }
+
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.bin.join(name)
+    }
+
+    /// A namespace-safe tag: 1.7 -> v17.
+    pub fn tag(&self) -> String {
+        format!("v{}", self.name.replace('.', ""))
+    }
+}
+
 /// A private containerd daemon.
 pub struct Containerd {
+    pub line: Line,
     pub base: PathBuf,
     pub address: PathBuf,
     config: PathBuf,
@@ -67,8 +108,12 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    pub fn start(name: &str) -> Result<Containerd, String> {
-        let base = PathBuf::from(format!("/tmp/shim-e2e-{}-{name}", std::process::id()));
+    pub fn start(line: &Line) -> Result<Containerd, String> {
+        let base = PathBuf::from(format!(
+            "/tmp/shim-e2e-{}-{}",
+            std::process::id(),
+            line.tag()
+        ));
         let _ = fs::remove_dir_all(&base);
         fs::create_dir_all(base.join("bin")).map_err(|e| format!("mkdir {base:?}: {e}"))?;
         // containerd finds io.containerd.rustshim.v1 as containerd-shim-rustshim-v1 on PATH:
@@ -87,6 +132,7 @@ impl Containerd {
                 .arg(IMAGE),
         )?;
         let mut daemon = Containerd {
+            line: line.clone(),
             base,
             address,
             config,
@@ -103,12 +149,14 @@ impl Containerd {
             .append(true)
             .open(self.base.join("containerd.log"))
             .map_err(|e| e.to_string())?;
+        // Our shim's alias first, then this line's own Go shim.
         let path = format!(
-            "{}:{}",
+            "{}:{}:{}",
             self.base.join("bin").display(),
+            self.line.bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new("containerd")
+        let child = Command::new(self.line.tool("containerd"))
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
@@ -167,7 +215,9 @@ impl Containerd {
     /// `ctr` bounded by a KILL timeout: ctr forwards TERM to the container.
     pub fn ctr_command(&self, ns: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new("timeout");
-        cmd.args(["-s", "KILL", "180", "ctr", "--address"])
+        cmd.args(["-s", "KILL", "180"])
+            .arg(self.line.tool("ctr"))
+            .arg("--address")
             .arg(&self.address)
             .args(["--namespace", ns])
             .args(args);
@@ -348,7 +398,7 @@ impl<'a> Ctx<'a> {
         runtime: &'static str,
     ) -> Result<Ctx<'a>, String> {
         let short = if runtime == OURS { "rust" } else { "go" };
-        let ns = format!("{}-{short}", test.replace('_', "-"));
+        let ns = format!("{}-{short}-{}", test.replace('_', "-"), daemon.line.tag());
         daemon.import_image(&ns)?;
         Ok(Ctx {
             daemon,
