@@ -15,6 +15,7 @@ const PROTOS: &[&str] = &[
     "runc_options.proto",
     "runctypes.proto",
     "runtimeoptions.proto",
+    "introspection.proto",
 ];
 
 fn main() {

@@ -67,6 +67,28 @@ pub fn socket_path(address: &str) -> &Path {
     Path::new(address.strip_prefix("unix://").unwrap_or(address))
 }
 
+/// The task API version this shim serves at most: containerd.task.v3.Task (same messages as v2).
+pub const TASK_API_VERSION: u32 = 3;
+
+/// What `start` prints: containerd 2.x's JSON bootstrap when containerd says (MAX_SHIM_VERSION)
+/// that it reads one of a version we serve; else the plain address every line understands.
+/// containerd 1.7 and 2.1 set MAX_SHIM_VERSION=2, which a plain address already means.
+pub fn announcement(address: &str) -> String {
+    announcement_for(address, std::env::var("MAX_SHIM_VERSION").ok().as_deref())
+}
+
+fn announcement_for(address: &str, max_version: Option<&str>) -> String {
+    let max = max_version
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if max >= TASK_API_VERSION {
+        serde_json::json!({"version": TASK_API_VERSION, "address": address, "protocol": "ttrpc"})
+            .to_string()
+    } else {
+        address.to_string()
+    }
+}
+
 pub fn run(flags: &Flags) -> io::Result<String> {
     let bundle = bundle_dir(flags)?;
     let group = grouping_id(&bundle, &flags.id);
@@ -191,6 +213,27 @@ mod tests {
         assert_ne!(
             a,
             socket_address("/run/containerd/containerd.sock", "other", "abc")
+        );
+    }
+
+    #[test]
+    fn plain_address_unless_containerd_reads_version_3() {
+        let a = "unix:///run/containerd/s/x";
+        assert_eq!(announcement_for(a, None), a);
+        assert_eq!(announcement_for(a, Some("2")), a);
+        assert_eq!(announcement_for(a, Some("junk")), a);
+        let json: serde_json::Value =
+            serde_json::from_str(&announcement_for(a, Some("3"))).unwrap();
+        assert_eq!(json["version"], 3);
+        assert_eq!(json["address"], a);
+        assert_eq!(json["protocol"], "ttrpc");
+    }
+
+    #[test]
+    fn known_socket_address_vector() {
+        assert_eq!(
+            socket_address("/run/containerd/containerd.sock", "default", "abc"),
+            "unix:///run/containerd/s/8cb244a719603fe00870d5ce1d8e1f1db43a654cb993d107df1f1ae23ddffa59"
         );
     }
 

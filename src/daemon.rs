@@ -55,6 +55,18 @@ fn read_stdin() -> Vec<u8> {
     buf
 }
 
+/// The one Task implementation under both wire names: containerd.task.v2.Task, and
+/// containerd.task.v3.Task, which containerd 2.x calls with the same messages.
+fn task_services(
+    task: Arc<TaskService>,
+) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+    let mut services = create_task(task.clone());
+    for (name, service) in create_task(task) {
+        services.insert(name.replace(".task.v2.", ".task.v3."), service);
+    }
+    services
+}
+
 async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Result<(), String> {
     // Registered before any child exists, so no SIGCHLD is missed.
     let mut sigchld =
@@ -95,7 +107,7 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
         tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(listener.into())
-        .register_service(create_task(Arc::new(TaskService(service))));
+        .register_service(task_services(Arc::new(TaskService(service))));
     server
         .start()
         .await

@@ -21,9 +21,19 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
+    if flags.info {
+        return match shim::info::run() {
+            Ok(bytes) if std::io::stdout().write_all(&bytes).is_ok() => ExitCode::SUCCESS,
+            Ok(_) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("{}: {e}", shim::NAME);
+                ExitCode::FAILURE
+            }
+        };
+    }
     let result = match flags.action {
         Action::Start => shim::bootstrap::run(&flags)
-            .map(|address| print!("{address}"))
+            .map(|address| print!("{}", shim::bootstrap::announcement(&address)))
             .map_err(|e| e.to_string()),
         Action::Delete => shim::cleanup::run(&flags).and_then(|bytes| {
             std::io::stdout()

@@ -32,4 +32,5 @@ generated!(
     runc_options,
     runctypes,
     runtimeoptions,
+    introspection,
 );

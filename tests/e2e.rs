@@ -14,39 +14,30 @@ use shim::protos::shim::{
 };
 use shim::protos::task::Status as TaskStatus;
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 type Test = fn(&mut Ctx) -> TestResult;
 
-const TESTS: &[(&str, Test)] = &[
-    (
-        "run_rm_gives_output_and_exit_code",
-        run_rm_gives_output_and_exit_code,
-    ),
-    (
-        "events_arrive_in_lifecycle_order",
-        events_arrive_in_lifecycle_order,
-    ),
-    ("stdout_64mib_is_exact", stdout_64mib_is_exact),
-    (
-        "stdin_64mib_round_trip_is_exact",
-        stdin_64mib_round_trip_is_exact,
-    ),
-    ("detached_task_lifecycle", detached_task_lifecycle),
-    (
-        "task_survives_containerd_restart",
-        task_survives_containerd_restart,
-    ),
-    ("killed_shim_is_cleaned_up", killed_shim_is_cleaned_up),
-    (
-        "bad_requests_get_clear_errors",
-        bad_requests_get_clear_errors,
-    ),
-    (
-        "exits_racing_start_are_never_lost",
-        exits_racing_start_are_never_lost,
-    ),
+/// Each test by its function name.
+macro_rules! tests {
+    ($($test:ident),* $(,)?) => {
+        &[$((stringify!($test), $test as Test)),*]
+    };
+}
+
+const TESTS: &[(&str, Test)] = tests![
+    run_rm_gives_output_and_exit_code,
+    events_arrive_in_lifecycle_order,
+    stdout_64mib_is_exact,
+    stdin_64mib_round_trip_is_exact,
+    detached_task_lifecycle,
+    task_survives_containerd_restart,
+    killed_shim_is_cleaned_up,
+    bad_requests_get_clear_errors,
+    exits_racing_start_are_never_lost,
+    inspect_runtime_reports_the_shim,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -359,6 +350,13 @@ fn options_any(
 fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
     use protobuf::Message;
     let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "good", &["sleep", "1000"])?;
+    if ctx.runtime == OURS {
+        ensure!(
+            sh.version == 3,
+            "with MAX_SHIM_VERSION=3 our shim announced v{}",
+            sh.version
+        );
+    }
     let c = &sh.client;
     let cx = DirectShim::ctx;
     let state_of = |id: &str| StateRequest {
@@ -656,6 +654,27 @@ fn exits_racing_start_are_never_lost(ctx: &mut Ctx) -> TestResult {
 
 const DEFAULT_LINES: &str = "1.6,1.7,2.1";
 
+/// containerd 2.x runs `<shim> -info` for `ctr plugins inspect-runtime` and CRI's checks.
+fn inspect_runtime_reports_the_shim(ctx: &mut Ctx) -> TestResult {
+    let out = ctx.ctr_ok(&["plugins", "inspect-runtime", "--runtime", ctx.runtime])?;
+    let info: serde_json::Value =
+        serde_json::from_str(&out).map_err(|e| format!("inspect-runtime printed {out:?}: {e}"))?;
+    let name = info["Name"].as_str().unwrap_or("");
+    ensure!(!name.is_empty(), "no runtime name in {out}");
+    ensure!(
+        info["Features"]["ociVersionMin"].is_string(),
+        "runc features missing from {out}"
+    );
+    if ctx.runtime == OURS {
+        ensure!(name == "containerd-shim-rust-v1", "name {name:?}");
+        ensure!(
+            info["Version"]["Version"] == shim::VERSION,
+            "version in {out}"
+        );
+    }
+    Ok(())
+}
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -666,21 +685,36 @@ fn main() {
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())))
         .collect();
     let lines = std::env::var("CONTAINERD_VERSIONS").unwrap_or_else(|_| DEFAULT_LINES.into());
+    let lines: Vec<&str> = lines
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     let mut report = Report::default();
     if let Err(e) = check_prerequisites() {
         report.fail(format!("prerequisites: {e}"));
     } else {
-        for line in lines.split(',').map(str::trim).filter(|l| !l.is_empty()) {
+        for line in &lines {
             run_line(line, &selected, &mut report);
         }
     }
-    std::process::exit(report.finish());
+    std::process::exit(report.finish(&lines));
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Outcome {
+    Passed,
+    Failed,
+    NotRun,
 }
 
 #[derive(Default)]
 struct Report {
     passed: usize,
     failed: Vec<String>,
+    not_run: Vec<String>,
+    /// (test, line, runtime, outcome), for the compatibility table.
+    cells: Vec<(String, String, &'static str, Outcome)>,
 }
 
 impl Report {
@@ -689,18 +723,83 @@ impl Report {
         self.failed.push(label);
     }
 
-    fn finish(&self) -> i32 {
+    fn record(&mut self, test: &str, line: &str, runtime: &'static str, outcome: Outcome) {
+        self.cells
+            .push((test.into(), line.into(), runtime, outcome));
+    }
+
+    fn finish(&self, lines: &[&str]) -> i32 {
         if !self.failed.is_empty() {
             println!("\nfailures:");
             self.failed.iter().for_each(|f| println!("    {f}"));
         }
+        if !self.not_run.is_empty() {
+            println!("\nnot run (the line cannot run them; not counted as passed):");
+            self.not_run.iter().for_each(|f| println!("    {f}"));
+        }
+        let table = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-compat.md");
+        match std::fs::write(&table, self.compat_table(lines)) {
+            Ok(()) => println!("\ncompatibility table: {}", table.display()),
+            Err(e) => println!("\ncould not write {}: {e}", table.display()),
+        }
         println!(
-            "\ne2e: {} passed, {} failed",
+            "\ne2e: {} passed, {} failed, {} skipped",
             self.passed,
-            self.failed.len()
+            self.failed.len(),
+            self.not_run.len()
         );
         i32::from(!self.failed.is_empty())
     }
+
+    /// A Markdown table: one row per test, one column per containerd line and runtime.
+    fn compat_table(&self, lines: &[&str]) -> String {
+        let mut out = String::from("| test |");
+        let mut rule = String::from("|---|");
+        for line in lines {
+            for runtime in RUNTIMES {
+                out += &format!(" {line} {} |", short(runtime));
+                rule += "---|";
+            }
+        }
+        out += &format!("\n{rule}\n");
+        for (name, _) in TESTS {
+            out += &format!("| {name} |");
+            for line in lines {
+                for runtime in RUNTIMES {
+                    let cell = self
+                        .cells
+                        .iter()
+                        .find(|(t, l, r, _)| t == name && l == line && r == runtime)
+                        .map_or("", |c| match c.3 {
+                            Outcome::Passed => "pass",
+                            Outcome::Failed => "**FAIL**",
+                            Outcome::NotRun => "n/a",
+                        });
+                    out += &format!(" {cell} |");
+                }
+            }
+            out += "\n";
+        }
+        out
+    }
+}
+
+fn short(runtime: &str) -> &'static str {
+    if runtime == OURS {
+        "rust-v1"
+    } else {
+        "runc.v2 (Go)"
+    }
+}
+
+/// Why a line cannot run a test, if it cannot.
+fn not_supported(test: &str, line: &str) -> Option<String> {
+    let before_2 = line.starts_with("1.");
+    (test == "inspect_runtime_reports_the_shim" && before_2).then(|| {
+        format!(
+            "ctr {line} has no `plugins inspect-runtime` and containerd {line} never runs `-info`"
+        )
+    })
 }
 
 /// Every selected test, for our shim and the line's Go shim, on one private containerd.
@@ -715,13 +814,23 @@ fn run_line(line: &str, selected: &[&(&str, Test)], report: &mut Report) {
     for runtime in RUNTIMES {
         for (name, test) in selected {
             let label = format!("{name} [{runtime} @ containerd {line}]");
+            if let Some(why) = not_supported(name, line) {
+                println!("test {label} ... not run: {why}");
+                report.not_run.push(format!("{label}: {why}"));
+                report.record(name, line, runtime, Outcome::NotRun);
+                continue;
+            }
             let t0 = std::time::Instant::now();
             match run_one(&mut daemon, name, runtime, *test) {
                 Ok(()) => {
                     report.passed += 1;
+                    report.record(name, line, runtime, Outcome::Passed);
                     println!("test {label} ... ok ({:.1}s)", t0.elapsed().as_secs_f64());
                 }
-                Err(e) => report.fail(format!("{label}\n    {e}")),
+                Err(e) => {
+                    report.record(name, line, runtime, Outcome::Failed);
+                    report.fail(format!("{label}\n    {e}"));
+                }
             }
         }
     }

@@ -133,7 +133,9 @@ impl DirectShim {
                 .args(["-namespace", ns, "-address", &fake_address])
                 .args(["-publish-binary", "/bin/true", "-id", first_id, "start"])
                 .current_dir(&bundle)
-                .env("TTRPC_ADDRESS", &events_sock),
+                .env("TTRPC_ADDRESS", &events_sock)
+                // Lets a shim announce the v3 task API, which the client here speaks.
+                .env("MAX_SHIM_VERSION", "3"),
         )?;
         let (address, version) = parse_bootstrap(&bootstrap)?;
         let client = rt
