@@ -94,18 +94,26 @@ pub fn run(flags: &Flags) -> io::Result<String> {
     let group = grouping_id(&bundle, &flags.id);
     let address = socket_address(&flags.address, &flags.namespace, &group);
     let path = socket_path(&address).to_path_buf();
-    if UnixStream::connect(&path).is_ok() {
+    let Some(listener) = bind(&path)? else {
         // A live shim already serves this group.
         write_address(&bundle, &address)?;
         return Ok(address);
-    }
-    let listener = bind(&path)?;
+    };
     let options = read_options_from_stdin();
-    if let Err(e) = spawn_daemon(flags, &bundle, listener, &options) {
+    let mut daemon = match spawn_daemon(flags, &bundle, listener, &options) {
+        Ok(child) => child,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
+    if let Err(e) = write_address(&bundle, &address) {
+        // Without the address containerd never reaches that daemon: do not leave it behind.
+        let _ = daemon.kill();
+        let _ = daemon.wait();
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    write_address(&bundle, &address)?;
     Ok(address)
 }
 
@@ -117,17 +125,41 @@ pub fn bundle_dir(flags: &Flags) -> io::Result<PathBuf> {
     }
 }
 
-fn bind(path: &Path) -> io::Result<UnixListener> {
+/// Binds the group's socket; None when a live shim already listens there. Binding comes first,
+/// so of two concurrent starts only one wins, and only a socket nobody answers on (a dead
+/// shim's leftover) is ever removed.
+fn bind(path: &Path) -> io::Result<Option<UnixListener>> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    // A socket nobody answers on is a leftover of a dead shim.
-    let _ = std::fs::remove_file(path);
-    // Bind under a umask that leaves the socket 0600 from its first moment.
+    for _ in 0..2 {
+        match bind_private(path) {
+            Ok(listener) => return Ok(Some(listener)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if UnixStream::connect(path).is_ok() {
+                    return Ok(None);
+                }
+                let _ = std::fs::remove_file(path);
+            }
+            Err(e) => return Err(bind_error(path, e)),
+        }
+    }
+    bind_private(path)
+        .map(Some)
+        .map_err(|e| bind_error(path, e))
+}
+
+/// Binds under a umask that leaves the socket 0600 from its first moment.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    // SAFETY: umask only swaps the process's file mode mask.
     let old = unsafe { libc::umask(0o177) };
     let bound = UnixListener::bind(path);
     unsafe { libc::umask(old) };
-    bound.map_err(|e| io::Error::new(e.kind(), format!("bind {}: {e}", path.display())))
+    bound
+}
+
+fn bind_error(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("bind {}: {e}", path.display()))
 }
 
 /// The runtime options containerd may write on our stdin; nothing when stdin is a terminal.
@@ -144,7 +176,7 @@ fn spawn_daemon(
     bundle: &Path,
     listener: UnixListener,
     options: &[u8],
-) -> io::Result<()> {
+) -> io::Result<std::process::Child> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["-namespace", &flags.namespace, "-id", &flags.id]);
@@ -179,9 +211,13 @@ fn spawn_daemon(
     let mut child = cmd.spawn()?;
     drop(listener_fd);
     if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(options)?;
+        if let Err(e) = stdin.write_all(options) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e);
+        }
     }
-    Ok(())
+    Ok(child)
 }
 
 fn write_address(bundle: &Path, address: &str) -> io::Result<()> {
@@ -235,6 +271,24 @@ mod tests {
             socket_address("/run/containerd/containerd.sock", "default", "abc"),
             "unix:///run/containerd/s/8cb244a719603fe00870d5ce1d8e1f1db43a654cb993d107df1f1ae23ddffa59"
         );
+    }
+
+    #[test]
+    fn bind_reuses_a_live_socket_and_replaces_a_dead_one() {
+        let dir = std::env::temp_dir().join(format!("bind-test-{}", std::process::id()));
+        let path = dir.join("s");
+        let live = bind(&path).unwrap().expect("first bind makes the socket");
+        assert!(
+            bind(&path).unwrap().is_none(),
+            "a live shim's socket is reused"
+        );
+        drop(live);
+        let again = bind(&path).unwrap();
+        assert!(again.is_some(), "a dead shim's socket is replaced");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

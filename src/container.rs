@@ -54,7 +54,11 @@ impl Container {
             std::fs::create_dir_all(&rootfs).map_err(|e| {
                 Error::Internal(format!("failed to create {}: {e}", rootfs.display()))
             })?;
-            mount::mount_all(req.rootfs, &rootfs)?;
+            // A mount can block on the filesystem; keep it off the thread that serves requests.
+            let (mounts, target) = (req.rootfs.to_vec(), rootfs.clone());
+            tokio::task::spawn_blocking(move || mount::mount_all(&mounts, &target))
+                .await
+                .map_err(|e| Error::Internal(format!("mount task failed: {e}")))??;
             Some(rootfs)
         };
         let mut container = Container {

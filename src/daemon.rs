@@ -18,6 +18,16 @@ use tokio::sync::Notify;
 
 pub fn run(flags: &Flags) -> Result<(), String> {
     crate::logger::init(std::path::Path::new("log"), flags.debug);
+    // Our stderr is /dev/null: failures and panics are only seen if they reach the log.
+    std::panic::set_hook(Box::new(|info| log::error!("panic: {info}")));
+    let result = run_logged(flags);
+    if let Err(e) = &result {
+        log::error!("shim daemon failed: {e}");
+    }
+    result
+}
+
+fn run_logged(flags: &Flags) -> Result<(), String> {
     let raw_options = read_stdin();
     let default_options = if raw_options.is_empty() {
         Default::default()
@@ -96,6 +106,9 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
 
     // SAFETY: `start` hands us the listening socket on this fd and nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
+    // Inherited without close-on-exec; no runc we spawn should hold our listener.
+    // SAFETY: fcntl on an fd we own.
+    unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     let socket_path = std_listener
         .local_addr()
         .ok()

@@ -194,8 +194,12 @@ fn classify(message: String) -> Error {
 
 /// The message of the last error runc wrote to its JSON log.
 fn last_log_error(log: &Path, offset: u64) -> Option<String> {
-    let bytes = std::fs::read(log).ok()?;
-    let text = String::from_utf8_lossy(bytes.get(offset as usize..)?);
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).ok()?;
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).ok()?;
+    let text = String::from_utf8_lossy(&bytes);
     text.lines().rev().find_map(|line| {
         let entry: serde_json::Value = serde_json::from_str(line).ok()?;
         let level = entry.get("level")?.as_str()?;

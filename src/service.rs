@@ -17,7 +17,7 @@ use crate::time::timestamp;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::MessageField;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -26,6 +26,9 @@ use ttrpc::r#async::TtrpcContext;
 
 /// How long an exit of a pid no process claims is kept for a process that may yet claim it.
 const UNCLAIMED_EXIT_TTL: Duration = Duration::from_secs(60);
+/// How long the output of an exited process may make no progress before its exit is reported
+/// anyway; output that keeps flowing is always waited for (invariant 2).
+const OUTPUT_IDLE_LIMIT: Duration = Duration::from_secs(2);
 /// How long Delete of a never-started init waits for runc's kill to be reaped.
 const CREATED_DELETE_WAIT: Duration = Duration::from_secs(10);
 
@@ -36,6 +39,9 @@ pub struct Service {
     /// Options from `start`'s stdin, used when a Create carries none.
     default_options: RuntimeOptions,
     containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Ids whose Create is under way: reserved before any side effect, so a second Create of
+    /// the same id fails at once, and Shutdown does not take the shim down under a Create.
+    creating: Mutex<HashSet<String>>,
     /// Exits of pids no process has claimed yet. Its lock also orders exit routing against a
     /// process learning its pid, so an exit is never missed between the two.
     unclaimed_exits: Mutex<HashMap<i32, Exit>>,
@@ -56,6 +62,7 @@ impl Service {
             publisher,
             default_options,
             containers: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashSet::new()),
             unclaimed_exits: Mutex::new(HashMap::new()),
             shutdown,
         })
@@ -63,6 +70,25 @@ impl Service {
 
     fn containers(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
         self.containers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn creating(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `id` for a Create; the claim ends when the returned guard drops.
+    fn reserve(&self, id: &str) -> Result<Reservation<'_>> {
+        let containers = self.containers();
+        let mut creating = self.creating();
+        if containers.contains_key(id) || !creating.insert(id.to_string()) {
+            return Err(Error::AlreadyExists(format!(
+                "container {id:?} already exists"
+            )));
+        }
+        Ok(Reservation {
+            service: self,
+            id: id.to_string(),
+        })
     }
 
     fn unclaimed(&self) -> MutexGuard<'_, HashMap<i32, Exit>> {
@@ -122,7 +148,15 @@ impl Service {
         let service = Arc::clone(self);
         tokio::spawn(async move {
             if let Some(io) = process.io() {
-                io.drained().await;
+                if !io.drained(OUTPUT_IDLE_LIMIT).await {
+                    // Still open elsewhere (a child outside the container's pid namespace) or
+                    // nobody reads: the copies go on until Delete, but the exit is reported.
+                    log::warn!(
+                        "output of {} {} still open {OUTPUT_IDLE_LIMIT:?} after exit with no progress",
+                        process.container_id,
+                        process.exec_id
+                    );
+                }
             }
             let mut state = process.state();
             process.mark_stopped(&mut state);
@@ -143,12 +177,6 @@ impl Service {
     async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("container id is empty".into()));
-        }
-        if self.containers().contains_key(&req.id) {
-            return Err(Error::AlreadyExists(format!(
-                "container {:?} already exists",
-                req.id
-            )));
         }
         if !req.checkpoint.is_empty() {
             return Err(Error::Unimplemented(
@@ -173,26 +201,15 @@ impl Service {
             stdio,
             options,
         };
+        let reservation = self.reserve(&req.id)?;
+        // An unclaimed exit from before runc ran belongs to an earlier holder of the pid.
+        let spawned_at = SystemTime::now();
         let container = Arc::new(Container::create(create, self.reaper.clone()).await?);
         let pid = container.init.pid();
 
-        let duplicate = {
-            let mut containers = self.containers();
-            let duplicate = containers.contains_key(&req.id);
-            if !duplicate {
-                containers.insert(req.id.clone(), container.clone());
-            }
-            duplicate
-        };
-        if duplicate {
-            // Another Create of the same id won the race while runc ran.
-            let _ = container.destroy().await;
-            return Err(Error::AlreadyExists(format!(
-                "container {:?} already exists",
-                req.id
-            )));
-        }
         let mut unclaimed = self.unclaimed();
+        self.containers().insert(req.id.clone(), container.clone());
+        drop(reservation);
         let mut event = TaskCreate::new();
         event.container_id = req.id.clone();
         event.bundle = req.bundle.clone();
@@ -207,7 +224,7 @@ impl Service {
         event.checkpoint = req.checkpoint;
         event.pid = pid as u32;
         self.publisher.publish(events::TASK_CREATE, &event);
-        let early = unclaimed.remove(&pid);
+        let early = unclaimed.remove(&pid).filter(|e| e.at >= spawned_at);
         drop(unclaimed);
         if let Some(exit) = early {
             let now = container.init.state().record_exit(exit);
@@ -254,19 +271,14 @@ impl Service {
 
     async fn delete(self: &Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
-        let never_started = {
-            let state = process.state();
-            state.check_delete()?;
-            state.status == Status::Created
-        };
-        if never_started {
-            // runc delete --force kills the waiting init; its exit arrives through the reaper.
-            container.runc.delete(&container.id, true).await?;
-            tokio::time::timeout(CREATED_DELETE_WAIT, process.wait())
-                .await
-                .map_err(|_| Error::Internal("killed init process was never reaped".into()))?;
+        let never_started = process.state().begin_delete()?;
+        if let Err(e) = self
+            .remove_runtime_state(&container, &process, never_started)
+            .await
+        {
+            process.state().abort_delete();
+            return Err(e);
         }
-        container.destroy().await?;
         process.close_io();
         let (pid, exit) = {
             let mut state = process.state();
@@ -289,6 +301,25 @@ impl Service {
             exited_at: MessageField::some(exited_at),
             ..Default::default()
         })
+    }
+
+    async fn remove_runtime_state(
+        &self,
+        container: &Container,
+        process: &Process,
+        never_started: bool,
+    ) -> Result<()> {
+        if never_started {
+            // runc delete --force kills the waiting init; its exit arrives through the reaper.
+            match container.runc.delete(&container.id, true).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::timeout(CREATED_DELETE_WAIT, process.wait())
+                .await
+                .map_err(|_| Error::Internal("killed init process was never reaped".into()))?;
+        }
+        container.destroy().await
     }
 
     fn state(&self, req: StateRequest) -> Result<StateResponse> {
@@ -374,9 +405,24 @@ impl Service {
     }
 
     fn shutdown(&self, req: ShutdownRequest) {
-        if req.now || self.containers().is_empty() {
+        let idle = {
+            let containers = self.containers();
+            containers.is_empty() && self.creating().is_empty()
+        };
+        if req.now || idle {
             self.shutdown.notify_one();
         }
+    }
+}
+
+struct Reservation<'a> {
+    service: &'a Service,
+    id: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.service.creating().remove(&self.id);
     }
 }
 

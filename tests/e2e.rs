@@ -71,31 +71,38 @@ fn events_arrive_in_lifecycle_order(ctx: &mut Ctx) -> TestResult {
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let reader = read_in_background(events.stdout.take().ok_or("no stdout")?);
+    let lines = lines_in_background(events.stdout.take().ok_or("no stdout")?);
     std::thread::sleep(Duration::from_millis(500));
     let id = ctx.id("ev");
     let run = ctx.ctr(&ctx.run_args(&["--rm"], &id, &["true"]));
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = events.kill();
-    let _ = events.wait();
-    let text = String::from_utf8_lossy(&reader.join().map_err(|_| "reader panicked")?).into_owned();
-    ensure!(
-        run.status.success(),
-        "run failed: {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let needle = format!("\"container_id\":\"{id}\"");
-    let topics: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains(&needle))
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
-        .collect();
     let expected = [
         "/tasks/create",
         "/tasks/start",
         "/tasks/exit",
         "/tasks/delete",
     ];
+    let needle = format!("\"container_id\":\"{id}\"");
+    let mut topics: Vec<String> = Vec::new();
+    // Events may still be on their way when `ctr run` returns: collect until the last one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while topics.len() < expected.len() {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            break;
+        };
+        if line.contains(&needle) {
+            if let Some(topic) = line.split_whitespace().find(|w| w.starts_with("/tasks/")) {
+                topics.push(topic.to_string());
+            }
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    ensure!(
+        run.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     ensure!(
         topics == expected,
         "task events were {topics:?}, want {expected:?}"

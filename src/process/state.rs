@@ -21,6 +21,8 @@ pub struct State {
     pub status: Status,
     pub pid: i32,
     pub starting: bool,
+    /// A Delete is under way; a second one is refused.
+    pub deleting: bool,
     /// Set when the reaper reports the exit, before the output has drained.
     pub exit: Option<Exit>,
     /// An exit that arrived while a start was in flight.
@@ -33,6 +35,7 @@ impl State {
             status: Status::Created,
             pid: 0,
             starting: false,
+            deleting: false,
             exit: None,
             held_exit: None,
         }
@@ -86,11 +89,27 @@ impl State {
     }
 
     pub fn check_delete(&self) -> Result<()> {
-        match self.status {
-            Status::Created | Status::Stopped => Ok(()),
-            Status::Running => Err(precondition("cannot delete a running process")),
-            Status::Deleted => Err(Error::NotFound("process is already deleted".into())),
+        if self.deleting {
+            return Err(precondition("process is already being deleted"));
         }
+        match (self.status, self.starting) {
+            (Status::Created, true) => Err(precondition("cannot delete a process while it starts")),
+            (Status::Created, false) | (Status::Stopped, _) => Ok(()),
+            (Status::Running, _) => Err(precondition("cannot delete a running process")),
+            (Status::Deleted, _) => Err(Error::NotFound("process is already deleted".into())),
+        }
+    }
+
+    /// Claims the Delete; returns whether the process never started (and so must be killed).
+    pub fn begin_delete(&mut self) -> Result<bool> {
+        self.check_delete()?;
+        self.deleting = true;
+        Ok(self.status == Status::Created)
+    }
+
+    /// The Delete failed: the process may be deleted again.
+    pub fn abort_delete(&mut self) {
+        self.deleting = false;
     }
 
     pub fn check_kill(&self) -> Result<()> {
@@ -178,6 +197,18 @@ mod tests {
         assert!(s.check_delete().is_ok());
         s.status = Status::Deleted;
         assert!(matches!(s.check_delete(), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn a_second_delete_during_the_first_is_refused() {
+        let mut s = State::new();
+        assert_eq!(s.begin_delete(), Ok(true));
+        assert!(matches!(
+            s.begin_delete(),
+            Err(Error::FailedPrecondition(_))
+        ));
+        s.abort_delete();
+        assert_eq!(s.begin_delete(), Ok(true));
     }
 
     #[test]

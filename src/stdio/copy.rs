@@ -5,14 +5,16 @@ use nix::fcntl::{splice, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 const CHUNK: usize = 1 << 20;
 
 /// Copies from `src` to `dst` until `src` reports end of file, then closes both (so the reader
-/// of `dst` sees the end too); returns the bytes moved. Both must be non-blocking pipes or FIFOs.
-pub async fn splice_all(src: OwnedFd, dst: OwnedFd) -> io::Result<u64> {
+/// of `dst` sees the end too); returns the bytes moved and adds them to `progress` as they go.
+/// Both must be non-blocking pipes or FIFOs.
+pub async fn splice_all(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
     let src = register(src, Interest::READABLE)?;
     let dst = register(dst, Interest::WRITABLE)?;
     let mut total = 0u64;
@@ -21,7 +23,10 @@ pub async fn splice_all(src: OwnedFd, dst: OwnedFd) -> io::Result<u64> {
         let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
         match splice(src.get_ref(), None, dst.get_ref(), None, CHUNK, flags) {
             Ok(0) => return Ok(total),
-            Ok(n) => total += n as u64,
+            Ok(n) => {
+                total += n as u64;
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Err(nix::errno::Errno::EINTR) => {}
             Err(nix::errno::Errno::EAGAIN) => {
                 // EAGAIN does not say which side is not ready; ask both.
@@ -93,7 +98,9 @@ mod tests {
                 }
             }
         });
-        let n = splice_all(src_r, dst_w).await.unwrap();
+        let progress = AtomicU64::new(0);
+        let n = splice_all(src_r, dst_w, &progress).await.unwrap();
+        assert_eq!(progress.load(Ordering::Relaxed), n);
         writer.join().unwrap();
         let got = reader.join().unwrap();
         assert_eq!(n as usize, expected.len());

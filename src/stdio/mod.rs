@@ -10,7 +10,9 @@ use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use std::os::fd::OwnedFd;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 /// The stream paths of a create or exec request; an empty path means no stream.
@@ -33,6 +35,8 @@ pub struct ProcessIo {
     stdin_holder: Mutex<Option<OwnedFd>>,
     stdin_copy: Option<JoinHandle<()>>,
     output_copies: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Bytes the output copies have moved, to tell a slow drain from a stuck one.
+    output_progress: Arc<AtomicU64>,
 }
 
 /// Opens the FIFOs and makes the pipes runc hands to the process.
@@ -103,19 +107,22 @@ impl OpenedIo {
             holder = Some(fifo_holder);
             let name = name.to_string();
             tokio::spawn(async move {
-                if let Err(e) = copy::splice_all(fifo_reader, pipe_w).await {
+                let ignored = AtomicU64::new(0);
+                if let Err(e) = copy::splice_all(fifo_reader, pipe_w, &ignored).await {
                     // The process closing its stdin early is normal.
                     log::debug!("stdin copy of {name} ended: {e}");
                 }
             })
         });
+        let output_progress = Arc::new(AtomicU64::new(0));
         let outputs = self
             .outputs
             .into_iter()
             .map(|(pipe_r, fifo)| {
                 let name = name.to_string();
+                let progress = output_progress.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = copy::splice_all(pipe_r, fifo).await {
+                    if let Err(e) = copy::splice_all(pipe_r, fifo, &progress).await {
                         log::warn!("output copy of {name} failed: {e}");
                     }
                 })
@@ -125,6 +132,7 @@ impl OpenedIo {
             stdin_holder: Mutex::new(holder),
             stdin_copy,
             output_copies: tokio::sync::Mutex::new(outputs),
+            output_progress,
         }
     }
 }
@@ -139,15 +147,31 @@ impl ProcessIo {
             .take();
     }
 
-    /// Returns once stdout and stderr have reached end of file and were flushed to the FIFOs.
-    pub async fn drained(&self) {
+    /// Waits until stdout and stderr have reached end of file and were flushed to the FIFOs;
+    /// true when they did. Gives up (false) only once no byte has moved for `idle_limit`: then
+    /// either another process holds the stream open or nobody reads the FIFO, and waiting longer
+    /// would hang the exit forever. The copies go on regardless.
+    pub async fn drained(&self, idle_limit: Duration) -> bool {
+        const TICK: Duration = Duration::from_millis(200);
         let mut copies = self.output_copies.lock().await;
+        let mut moved = self.output_progress.load(Ordering::Relaxed);
+        let mut idle_since = Instant::now();
         while let Some(copy) = copies.last_mut() {
             // A panicked or aborted copy has nothing more to deliver either. Popped right after
-            // it finishes, so a cancelled wait never polls a finished handle again.
-            let _ = copy.await;
-            copies.pop();
+            // it finishes, so a finished handle is never polled again.
+            if tokio::time::timeout(TICK, copy).await.is_ok() {
+                copies.pop();
+                continue;
+            }
+            let now = self.output_progress.load(Ordering::Relaxed);
+            if now != moved {
+                moved = now;
+                idle_since = Instant::now();
+            } else if idle_since.elapsed() >= idle_limit {
+                return false;
+            }
         }
+        true
     }
 }
 
@@ -159,5 +183,67 @@ impl Drop for ProcessIo {
         if let Ok(copies) = self.output_copies.try_lock() {
             copies.iter().for_each(JoinHandle::abort);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::stat::Mode;
+    use std::io::Read;
+
+    fn fifo_in_temp(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("stdio-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout");
+        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_only_when_a_stream_stays_open_without_progress() {
+        let path = fifo_in_temp("held");
+        let paths = StdioPaths {
+            stdout: path.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let (opened, child) = open(&paths).unwrap();
+        let io = opened.start("test");
+        // The write end stands for a process that outlives the one that exited.
+        let held = child.stdout.unwrap();
+        assert!(!io.drained(Duration::from_millis(300)).await);
+        drop(held);
+        assert!(io.drained(Duration::from_millis(300)).await);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[tokio::test]
+    async fn drain_waits_for_output_that_keeps_flowing() {
+        let path = fifo_in_temp("flow");
+        let paths = StdioPaths {
+            stdout: path.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let (opened, child) = open(&paths).unwrap();
+        let io = opened.start("test");
+        let mut consumer = std::fs::File::open(&path).unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut out = std::fs::File::from(child.stdout.unwrap());
+            // 1.5 s of output, longer than the idle limit but never idle.
+            for _ in 0..30 {
+                std::io::Write::write_all(&mut out, &[7u8; 4096]).unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let _ = consumer.read_to_end(&mut got);
+            got.len()
+        });
+        assert!(io.drained(Duration::from_millis(500)).await);
+        writer.join().unwrap();
+        assert_eq!(reader.join().unwrap(), 30 * 4096);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 }

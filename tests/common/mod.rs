@@ -505,3 +505,18 @@ pub fn read_in_background(mut r: impl Read + Send + 'static) -> std::thread::Joi
         buf
     })
 }
+
+/// Sends each line a child prints as it comes.
+pub fn lines_in_background(r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
