@@ -38,6 +38,7 @@ const TESTS: &[(&str, Test)] = tests![
     bad_requests_get_clear_errors,
     exits_racing_start_are_never_lost,
     inspect_runtime_reports_the_shim,
+    start_options_are_the_default_for_create,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -682,6 +683,54 @@ fn inspect_runtime_reports_the_shim(ctx: &mut Ctx) -> TestResult {
     Ok(())
 }
 
+/// containerd writes the runtime options on `start`'s stdin; a Create without options of its
+/// own runs with them.
+fn start_options_are_the_default_for_create(ctx: &mut Ctx) -> TestResult {
+    use protobuf::Message;
+    let opts = shim::protos::runc_options::Options {
+        binary_name: "/nonexistent/start-runc".into(),
+        ..Default::default()
+    };
+    let mut any = protobuf::well_known_types::any::Any::new();
+    any.type_url = "containerd.runc.v1.Options".into();
+    any.value = opts.write_to_bytes().map_err(|e| e.to_string())?;
+    let stdin = any.write_to_bytes().map_err(|e| e.to_string())?;
+    let sh = DirectShim::start_with_options(&shim_binary(ctx), &ctx.ns, "a", &["true"], &stdin)?;
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    let r = sh
+        .rt
+        .block_on(c.create(cx(), &create_request("a", &sh.bundle_path("a"))));
+    expect_err(
+        ctx,
+        "Create under start's options",
+        r,
+        ttrpc::Code::FAILED_PRECONDITION,
+        false,
+        "/nonexistent/start-runc",
+    )?;
+    // The request's own options win over start's.
+    let mut own = create_request("b", &sh.bundle("b", &["true"])?);
+    let runc = shim::protos::runc_options::Options {
+        binary_name: "runc".into(),
+        ..Default::default()
+    };
+    own.options = options_any(
+        "containerd.runc.v1.Options",
+        runc.write_to_bytes().map_err(|e| e.to_string())?,
+    );
+    sh.rt
+        .block_on(c.create(cx(), &own))
+        .map_err(|e| format!("Create with its own options: {e}"))?;
+    let delete = DeleteRequest {
+        id: "b".into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.delete(cx(), &delete))
+        .map_err(|e| format!("Delete: {e}"))?;
+    Ok(())
+}
+
 fn main() {
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -799,14 +848,17 @@ fn short(runtime: &str) -> &'static str {
     }
 }
 
-/// Why a line cannot run a test, if it cannot.
-fn not_supported(test: &str, line: &str) -> Option<String> {
-    let before_2 = line.starts_with("1.");
-    (test == "inspect_runtime_reports_the_shim" && before_2).then(|| {
-        format!(
+/// Why a test cannot run on a line or runtime, if it cannot.
+fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
+    match test {
+        "inspect_runtime_reports_the_shim" if line.starts_with("1.") => Some(format!(
             "ctr {line} has no `plugins inspect-runtime` and containerd {line} never runs `-info`"
-        )
-    })
+        )),
+        "start_options_are_the_default_for_create" if runtime == GO_SHIM => {
+            Some("the Go shim takes only ShimCgroup from start's options".into())
+        }
+        _ => None,
+    }
 }
 
 /// Every selected test, for our shim and the line's Go shim, on one private containerd.
@@ -821,7 +873,7 @@ fn run_line(line: &str, selected: &[&(&str, Test)], report: &mut Report) {
     for runtime in RUNTIMES {
         for (name, test) in selected {
             let label = format!("{name} [{runtime} @ containerd {line}]");
-            if let Some(why) = not_supported(name, line) {
+            if let Some(why) = not_supported(name, line, runtime) {
                 println!("test {label} ... not run: {why}");
                 report.not_run.push(format!("{label}: {why}"));
                 report.record(name, line, runtime, Outcome::NotRun);

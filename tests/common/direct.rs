@@ -98,6 +98,18 @@ impl DirectShim {
         first_id: &str,
         args: &[&str],
     ) -> Result<DirectShim, String> {
+        Self::start_with_options(binary, ns, first_id, args, &[])
+    }
+
+    /// As `start`, with `options` (a serialized Any) on the shim's stdin, as containerd sends
+    /// the runtime options.
+    pub fn start_with_options(
+        binary: &str,
+        ns: &str,
+        first_id: &str,
+        args: &[&str],
+        options: &[u8],
+    ) -> Result<DirectShim, String> {
         let dir = PathBuf::from(format!("/tmp/shim-direct-{}-{ns}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
@@ -128,15 +140,15 @@ impl DirectShim {
             .open(&log_fifo)
             .map_err(|e| e.to_string())?;
         let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();
-        let bootstrap = run_ok(
-            Command::new(binary)
-                .args(["-namespace", ns, "-address", &fake_address])
-                .args(["-publish-binary", "/bin/true", "-id", first_id, "start"])
-                .current_dir(&bundle)
-                .env("TTRPC_ADDRESS", &events_sock)
-                // Lets a shim announce the v3 task API, which the client here speaks.
-                .env("MAX_SHIM_VERSION", "3"),
-        )?;
+        let mut start = Command::new(binary);
+        start
+            .args(["-namespace", ns, "-address", &fake_address])
+            .args(["-publish-binary", "/bin/true", "-id", first_id, "start"])
+            .current_dir(&bundle)
+            .env("TTRPC_ADDRESS", &events_sock)
+            // Lets a shim announce the v3 task API, which the client here speaks.
+            .env("MAX_SHIM_VERSION", "3");
+        let bootstrap = run_with_input(&mut start, options)?;
         let (address, version) = parse_bootstrap(&bootstrap)?;
         let client = rt
             .block_on(ttrpc::r#async::Client::connect(&address))
@@ -214,6 +226,31 @@ impl Drop for DirectShim {
         super::unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("failed to run {cmd:?}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| format!("writing stdin of {cmd:?}: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn make_bundle(dir: &Path, id: &str, args: &[&str]) -> Result<PathBuf, String> {

@@ -1,0 +1,107 @@
+//! The shim binary's command-like flags and `delete`, run as containerd runs them.
+
+use protobuf::Message;
+use shim::protos::introspection::RuntimeInfo;
+use shim::protos::shim::DeleteResponse;
+use std::process::{Command, Stdio};
+
+const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-rust-v1");
+
+#[test]
+fn version_flag_names_the_shim_version_and_revision() {
+    let out = Command::new(SHIM).arg("-v").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("containerd-shim-rust-v1"), "{text}");
+    assert!(
+        text.contains(&format!("Version:  {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    assert!(text.contains("Revision:"), "{text}");
+}
+
+#[test]
+fn info_flag_prints_runtime_info_with_the_options_it_was_given() {
+    let opts = shim::protos::runc_options::Options {
+        binary_name: "runc".into(),
+        ..Default::default()
+    };
+    let mut any = protobuf::well_known_types::any::Any::new();
+    any.type_url = "containerd.runc.v1.Options".into();
+    any.value = opts.write_to_bytes().unwrap();
+    let mut child = Command::new(SHIM)
+        .arg("-info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        &mut child.stdin.take().unwrap(),
+        &any.write_to_bytes().unwrap(),
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let info = RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
+    assert_eq!(info.name, "containerd-shim-rust-v1");
+    assert_eq!(info.version.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(info.options.type_url, "containerd.runc.v1.Options");
+}
+
+#[test]
+fn info_flag_rejects_malformed_options() {
+    let mut child = Command::new(SHIM)
+        .arg("-info")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), &[0xff, 0xff]).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("malformed options"));
+}
+
+#[test]
+fn delete_of_a_bundle_with_nothing_left_reports_a_killed_task() {
+    let bundle = std::env::temp_dir().join(format!("cli-delete-{}", std::process::id()));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let out = Command::new(SHIM)
+        .args([
+            "-namespace",
+            "cli-test",
+            "-address",
+            "/nonexistent/containerd.sock",
+        ])
+        .args(["-publish-binary", "/bin/true", "-id", "gone", "-bundle"])
+        .arg(&bundle)
+        .arg("delete")
+        .current_dir(&bundle)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&bundle).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resp = DeleteResponse::parse_from_bytes(&out.stdout).unwrap();
+    assert_eq!(resp.exit_status, 137);
+    assert!(resp.exited_at.seconds > 0);
+}
+
+#[test]
+fn bad_command_lines_fail_with_usage() {
+    let out = Command::new(SHIM)
+        .args(["-nosuchflag", "x", "start"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuchflag"));
+    assert!(
+        out.stdout.is_empty(),
+        "nothing but an address may reach stdout"
+    );
+}
