@@ -3,7 +3,7 @@
 //! the shim publishes. Used where containerd would stand between the test and the shim's
 //! answer (error codes, request order).
 
-use super::{run_ok, shim_pids};
+use super::{run_ok, run_with_input, shim_pids};
 use shim::protos::forward::ForwardRequest;
 use shim::protos::forward_ttrpc::{create_events, Events};
 use shim::protos::shim::*;
@@ -226,31 +226,6 @@ impl Drop for DirectShim {
         super::unmount_under(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
-}
-
-fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
-    use std::io::Write;
-    use std::process::Stdio;
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("failed to run {cmd:?}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input)
-            .map_err(|e| format!("writing stdin of {cmd:?}: {e}"))?;
-    }
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn make_bundle(dir: &Path, id: &str, args: &[&str]) -> Result<PathBuf, String> {

@@ -289,10 +289,24 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 }
 
 pub fn run_ok(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
+    run_with_input(cmd, b"")
+}
+
+/// Runs `cmd` with `input` on its stdin; its stdout, or an error with its stderr.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String> {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("failed to run {cmd:?}: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| format!("writing stdin of {cmd:?}: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
     if !out.status.success() {
         return Err(format!(
             "{cmd:?} failed ({}): {}",
