@@ -3,6 +3,7 @@
 #   - wall time of `ctr run --rm IMAGE true` (mean of RUNS runs)
 #   - wall time of 256 MiB of container stdout through the shim to ctr
 #   - resident memory (RSS and PSS) of one idle shim serving one sleeping container
+#   - context switches of that idle shim over 10 s (an idle shim should do no periodic work)
 # Prints each figure for both, and ours as a ratio of the Go shim's. Figures, not a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,14 +35,23 @@ for rt in io.containerd.rustshim.v1 io.containerd.runc.v2; do
   shim=$(pgrep -f -- "-namespace $ns -id idle" | head -1)
   result[$rt,rss_kib]=$(awk '/^VmRSS/ {print $2}' "/proc/$shim/status")
   result[$rt,pss_kib]=$(awk '/^Pss:/ {print $2}' "/proc/$shim/smaps_rollup")
+  # Per thread, so a thread that ends during the window does not subtract its history.
+  switches() {
+    for t in /proc/"$shim"/task/*; do
+      echo "${t##*/} $(awk '/ctxt_switches/ {s += $2} END {print s}' "$t/status" 2>/dev/null)"
+    done
+  }
+  before=$(switches); sleep 10; after=$(switches)
+  result[$rt,idle_wakeups_10s]=$(awk 'NR == FNR {b[$1] = $2; next} {d += $2 - ($1 in b ? b[$1] : 0)} END {print d + 0}' \
+    <(echo "$before") <(echo "$after"))
   c tasks kill -s SIGKILL idle >/dev/null; sleep 0.5
   c tasks rm -f idle >/dev/null 2>&1 || true; c containers rm idle >/dev/null
 done
 
 ours=io.containerd.rustshim.v1 go=io.containerd.runc.v2
 printf '%-32s %12s %12s %8s\n' figure rust-v1 runc.v2 ratio
-for f in run_ms stream_ms rss_kib pss_kib; do
+for f in run_ms stream_ms rss_kib pss_kib idle_wakeups_10s; do
   a=${result[$ours,$f]} b=${result[$go,$f]}
   printf '%-32s %12s %12s %8s\n' "$f" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", (b>0? a/b : 0)}')"
 done
-echo "(run_ms: mean of $RUNS 'ctr run --rm true'; stream_ms: 256 MiB stdout; rss/pss: one idle shim)"
+echo "(run_ms: mean of $RUNS 'ctr run --rm true'; stream_ms: 256 MiB stdout; rss/pss/wakeups: one idle shim)"

@@ -39,6 +39,7 @@ const TESTS: &[(&str, Test)] = tests![
     exits_racing_start_are_never_lost,
     inspect_runtime_reports_the_shim,
     start_options_are_the_default_for_create,
+    output_waits_for_a_consumer_that_comes_back,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -178,6 +179,49 @@ fn stdin_64mib_round_trip_is_exact(ctx: &mut Ctx) -> TestResult {
     );
     ensure!(sha256_hex(&got) == want, "bytes came back changed");
     Ok(())
+}
+
+/// The shim holds both ends of stdout (invariant 3): output written while no client reads
+/// waits for the next one, and a client that leaves costs nothing.
+fn output_waits_for_a_consumer_that_comes_back(ctx: &mut Ctx) -> TestResult {
+    let id = ctx.id("attach");
+    // `ctr run -d` copies output until it returns: write only after that.
+    let script = "sleep 1; echo first; sleep 2; echo second; sleep 1000";
+    ctx.ctr_ok(&ctx.run_args(&["-d"], &id, &["sh", "-c", script]))?;
+    std::thread::sleep(Duration::from_millis(1500));
+    ensure!(
+        next_attached_line(ctx, &id)? == "first",
+        "first attach missed the early line"
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    ensure!(
+        next_attached_line(ctx, &id)? == "second",
+        "second attach missed the line written while detached"
+    );
+    ensure!(
+        ctx.task_status(&id).as_deref() == Some("RUNNING"),
+        "the task did not survive its readers leaving"
+    );
+    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+    Ok(())
+}
+
+/// Attaches to `id`, returns the first line it prints, and detaches by killing the client.
+fn next_attached_line(ctx: &Ctx, id: &str) -> Result<String, String> {
+    let mut attach = std::process::Command::new(ctx.daemon.line.tool("ctr"))
+        .arg("--address")
+        .arg(&ctx.daemon.address)
+        .args(["--namespace", &ctx.ns, "tasks", "attach", id])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let lines = lines_in_background(attach.stdout.take().ok_or("no stdout")?);
+    let line = lines.recv_timeout(Duration::from_secs(10));
+    let _ = attach.kill();
+    let _ = attach.wait();
+    line.map_err(|_| format!("attach to {id} printed nothing"))
 }
 
 fn detached_task_lifecycle(ctx: &mut Ctx) -> TestResult {
