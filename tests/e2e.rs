@@ -63,17 +63,7 @@ fn run_rm_gives_output_and_exit_code(ctx: &mut Ctx) -> TestResult {
 }
 
 fn events_arrive_in_lifecycle_order(ctx: &mut Ctx) -> TestResult {
-    // Not under `timeout`: killing that would leave ctr holding the pipe open.
-    let mut events = std::process::Command::new(ctx.daemon.line.tool("ctr"))
-        .arg("--address")
-        .arg(&ctx.daemon.address)
-        .args(["--namespace", &ctx.ns, "events"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let lines = lines_in_background(events.stdout.take().ok_or("no stdout")?);
+    let (mut events, lines) = ctx.ctr_streaming(&["events"])?;
     std::thread::sleep(Duration::from_millis(500));
     let id = ctx.id("ev");
     let run = ctx.ctr(&ctx.run_args(&["--rm"], &id, &["true"]));
@@ -208,16 +198,7 @@ fn output_waits_for_a_consumer_that_comes_back(ctx: &mut Ctx) -> TestResult {
 
 /// Attaches to `id`, returns the first line it prints, and detaches by killing the client.
 fn next_attached_line(ctx: &Ctx, id: &str) -> Result<String, String> {
-    let mut attach = std::process::Command::new(ctx.daemon.line.tool("ctr"))
-        .arg("--address")
-        .arg(&ctx.daemon.address)
-        .args(["--namespace", &ctx.ns, "tasks", "attach", id])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let lines = lines_in_background(attach.stdout.take().ok_or("no stdout")?);
+    let (mut attach, lines) = ctx.ctr_streaming(&["tasks", "attach", id])?;
     let line = lines.recv_timeout(Duration::from_secs(10));
     let _ = attach.kill();
     let _ = attach.wait();

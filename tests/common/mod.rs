@@ -441,6 +441,26 @@ impl<'a> Ctx<'a> {
         self.daemon.ctr_command(&self.ns, args)
     }
 
+    /// A long-running ctr (events, attach) whose stdout lines arrive on the receiver; the
+    /// caller kills it. Not under `timeout`: killing that would leave ctr holding the pipe.
+    pub fn ctr_streaming(
+        &self,
+        args: &[&str],
+    ) -> Result<(Child, std::sync::mpsc::Receiver<String>), String> {
+        let mut child = Command::new(self.daemon.line.tool("ctr"))
+            .arg("--address")
+            .arg(&self.daemon.address)
+            .args(["--namespace", &self.ns])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("ctr {}: {e}", args.join(" ")))?;
+        let stdout = child.stdout.take().ok_or("ctr has no stdout")?;
+        Ok((child, lines_in_background(stdout)))
+    }
+
     /// `ctr run --runtime R <extra> IMAGE ID cmd...` as argument vector.
     pub fn run_args<'b>(&'b self, extra: &[&'b str], id: &'b str, cmd: &[&'b str]) -> Vec<&'b str> {
         let mut args = vec!["run", "--runtime", self.runtime];
