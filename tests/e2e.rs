@@ -40,6 +40,7 @@ const TESTS: &[(&str, Test)] = tests![
     inspect_runtime_reports_the_shim,
     start_options_are_the_default_for_create,
     output_waits_for_a_consumer_that_comes_back,
+    stdin_survives_a_client_that_dies,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -191,6 +192,39 @@ fn output_waits_for_a_consumer_that_comes_back(ctx: &mut Ctx) -> TestResult {
     ensure!(
         ctx.task_status(&id).as_deref() == Some("RUNNING"),
         "the task did not survive its readers leaving"
+    );
+    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+    Ok(())
+}
+
+/// The shim keeps a write end of stdin until CloseIO (invariant 3): a client killed in the
+/// middle of its input does not end the container's input.
+fn stdin_survives_a_client_that_dies(ctx: &mut Ctx) -> TestResult {
+    let id = ctx.id("stdin");
+    let mut client = ctx
+        .ctr_unbounded(&ctx.run_args(&[], &id, &["sh", "-c", "cat >/dev/null; echo eof"]))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let mut stdin = client.stdin.take().ok_or("no stdin")?;
+    stdin
+        .write_all(&[b'x'; 100_000])
+        .map_err(|e| e.to_string())?;
+    eventually(Duration::from_secs(10), || match ctx.task_status(&id) {
+        Some(s) if s == "RUNNING" => Ok(()),
+        other => Err(format!("task status {other:?}, want RUNNING")),
+    })?;
+    // SIGKILL: the client gets no chance to close anything or call CloseIO.
+    let _ = client.kill();
+    let _ = client.wait();
+    drop(stdin);
+    std::thread::sleep(Duration::from_secs(2));
+    let status = ctx.task_status(&id);
+    ensure!(
+        status.as_deref() == Some("RUNNING"),
+        "after the client died the task is {status:?}: its stdin ended"
     );
     ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
     Ok(())

@@ -441,17 +441,24 @@ impl<'a> Ctx<'a> {
         self.daemon.ctr_command(&self.ns, args)
     }
 
+    /// ctr without a `timeout` around it, for a test that kills the client itself.
+    pub fn ctr_unbounded(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(self.daemon.line.tool("ctr"));
+        cmd.arg("--address")
+            .arg(&self.daemon.address)
+            .args(["--namespace", &self.ns])
+            .args(args);
+        cmd
+    }
+
     /// A long-running ctr (events, attach) whose stdout lines arrive on the receiver; the
     /// caller kills it. Not under `timeout`: killing that would leave ctr holding the pipe.
     pub fn ctr_streaming(
         &self,
         args: &[&str],
     ) -> Result<(Child, std::sync::mpsc::Receiver<String>), String> {
-        let mut child = Command::new(self.daemon.line.tool("ctr"))
-            .arg("--address")
-            .arg(&self.daemon.address)
-            .args(["--namespace", &self.ns])
-            .args(args)
+        let mut child = self
+            .ctr_unbounded(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
