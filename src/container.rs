@@ -79,7 +79,8 @@ impl Container {
     }
 
     async fn create_init(&mut self, options: &RuntimeOptions) -> Result<()> {
-        let (opened, child_stdio) = stdio::open(&self.init.stdio)?;
+        let owner = (options.io_uid, options.io_gid);
+        let (opened, child_stdio) = stdio::open(&self.init.stdio, owner)?;
         let pid_file = self.bundle.join(INIT_PID_FILE);
         let opts = CreateOpts {
             pid_file: pid_file.clone(),

@@ -39,8 +39,9 @@ pub struct ProcessIo {
     output_progress: Arc<AtomicU64>,
 }
 
-/// Opens the FIFOs and makes the pipes runc hands to the process.
-pub fn open(paths: &StdioPaths) -> Result<(OpenedIo, ProcessStdio)> {
+/// Opens the FIFOs and makes the pipes runc hands to the process. The process's ends belong to
+/// `owner` (the io_uid/io_gid options), so a process in a user namespace can reopen them.
+pub fn open(paths: &StdioPaths, owner: (u32, u32)) -> Result<(OpenedIo, ProcessStdio)> {
     if paths.terminal {
         return Err(Error::Unimplemented(
             "terminal processes are not supported yet".into(),
@@ -55,6 +56,7 @@ pub fn open(paths: &StdioPaths) -> Result<(OpenedIo, ProcessStdio)> {
         let (fifo_reader, holder) = fifo::open_stdin(path)?;
         let (pipe_r, pipe_w) = pipe()?;
         set_nonblocking(&pipe_w)?;
+        give_to(&pipe_r, owner)?;
         child.stdin = Some(pipe_r);
         opened.stdin = Some((fifo_reader, holder, pipe_w));
     }
@@ -66,6 +68,7 @@ pub fn open(paths: &StdioPaths) -> Result<(OpenedIo, ProcessStdio)> {
             let fifo = fifo::open_output(path)?;
             let (pipe_r, pipe_w) = pipe()?;
             set_nonblocking(&pipe_r)?;
+            give_to(&pipe_w, owner)?;
             *slot = Some(pipe_w);
             opened.outputs.push((pipe_r, fifo));
         }
@@ -87,6 +90,18 @@ fn stream_path(path: &str) -> Result<Option<&Path>> {
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::Internal(format!("failed to create pipe: {e}")))
+}
+
+fn give_to(fd: &OwnedFd, (uid, gid): (u32, u32)) -> Result<()> {
+    if (uid, gid) == (0, 0) {
+        return Ok(());
+    }
+    let (u, g) = (
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
+    );
+    nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(fd), Some(u), Some(g))
+        .map_err(|e| Error::Internal(format!("failed to give a stdio pipe to {uid}:{gid}: {e}")))
 }
 
 fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
@@ -208,7 +223,7 @@ mod tests {
             stdout: path.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (opened, child) = open(&paths).unwrap();
+        let (opened, child) = open(&paths, (0, 0)).unwrap();
         let io = opened.start("test");
         // The write end stands for a process that outlives the one that exited.
         let held = child.stdout.unwrap();
@@ -218,6 +233,24 @@ mod tests {
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
+    #[test]
+    fn the_process_ends_of_the_pipes_belong_to_the_io_owner() {
+        let dir = fifo_in_temp("owner");
+        let stdin = dir.with_file_name("stdin");
+        nix::unistd::mkfifo(&stdin, Mode::from_bits_truncate(0o600)).unwrap();
+        let paths = StdioPaths {
+            stdin: stdin.to_string_lossy().into_owned(),
+            stdout: dir.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        let (_opened, child) = open(&paths, (4321, 8765)).unwrap();
+        for fd in [child.stdin.unwrap(), child.stdout.unwrap()] {
+            let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
+            assert_eq!((st.st_uid, st.st_gid), (4321, 8765));
+        }
+        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
     #[tokio::test]
     async fn drain_waits_for_output_that_keeps_flowing() {
         let path = fifo_in_temp("flow");
@@ -225,7 +258,7 @@ mod tests {
             stdout: path.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (opened, child) = open(&paths).unwrap();
+        let (opened, child) = open(&paths, (0, 0)).unwrap();
         let io = opened.start("test");
         let mut consumer = std::fs::File::open(&path).unwrap();
         let writer = std::thread::spawn(move || {
