@@ -96,8 +96,11 @@ fn events_arrive_in_lifecycle_order(ctx: &mut Ctx) -> TestResult {
         "run failed: {}",
         String::from_utf8_lossy(&run.stderr)
     );
+    // Known difference: containerd 2.1's Go shim publishes TaskDelete just before it shuts
+    // down and sometimes exits before the event leaves; ours flushes its queue first.
+    let go_dropped_delete = ctx.runtime == GO_SHIM && topics == expected[..3];
     ensure!(
-        topics == expected,
+        topics == expected || go_dropped_delete,
         "task events were {topics:?}, want {expected:?}"
     );
     Ok(())
