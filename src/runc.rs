@@ -162,7 +162,10 @@ impl Runc {
             .or_else(|| Some(String::from_utf8_lossy(&err).trim().to_string()))
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("exit status {}", exit.status));
-        Err(classify(format!("runc {what} failed: {detail}")))
+        // runc's own log line often already says "runc create failed: ...".
+        let prefix = format!("runc {what} failed: ");
+        let detail = detail.strip_prefix(&prefix).unwrap_or(&detail);
+        Err(classify(format!("{prefix}{detail}")))
     }
 }
 
