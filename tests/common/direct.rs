@@ -75,9 +75,38 @@ impl Events for Recorder {
     }
 }
 
+/// Everything a direct shim leaves on the machine, removed on drop: made first, so a start
+/// that fails half-way cleans up too.
+struct Scratch {
+    dir: PathBuf,
+    ns: String,
+    fake_address: String,
+    first_id: String,
+    ids: Mutex<Vec<String>>,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let address = self.fake_address.clone();
+        for pid in shim_pids(|args| args.iter().any(|a| *a == address)) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        // A killed shim leaves its socket.
+        let socket = shim::bootstrap::socket_address(&self.fake_address, &self.ns, &self.first_id);
+        let _ = fs::remove_file(shim::bootstrap::socket_path(&socket));
+        let root = format!("/run/containerd/runc/{}", self.ns);
+        for id in self.ids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = Command::new("runc")
+                .args(["--root", &root, "delete", "--force", id])
+                .output();
+        }
+        let _ = fs::remove_dir_all(&root);
+        super::unmount_under(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub struct DirectShim {
-    pub dir: PathBuf,
-    pub ns: String,
     pub client: TaskApi,
     /// The task API version the shim announced.
     pub version: u64,
@@ -85,8 +114,7 @@ pub struct DirectShim {
     recorder: Arc<Recorder>,
     _events: ttrpc::r#async::Server,
     _log: fs::File,
-    fake_address: String,
-    ids: Mutex<Vec<String>>,
+    scratch: Scratch,
 }
 
 impl DirectShim {
@@ -113,6 +141,14 @@ impl DirectShim {
         let dir = PathBuf::from(format!("/tmp/shim-direct-{}-{ns}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();
+        let scratch = Scratch {
+            dir: dir.clone(),
+            ns: ns.to_string(),
+            fake_address: fake_address.clone(),
+            first_id: first_id.to_string(),
+            ids: Mutex::new(vec![first_id.to_string()]),
+        };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -139,7 +175,6 @@ impl DirectShim {
             .custom_flags(libc::O_NONBLOCK)
             .open(&log_fifo)
             .map_err(|e| e.to_string())?;
-        let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();
         let mut start = Command::new(binary);
         start
             .args(["-namespace", ns, "-address", &fake_address])
@@ -155,30 +190,28 @@ impl DirectShim {
             .map_err(|e| format!("connect {address}: {e}"))?;
         let service = format!("containerd.task.v{version}.Task");
         Ok(DirectShim {
-            dir,
-            ns: ns.to_string(),
             client: TaskApi { client, service },
             version,
             rt,
             recorder,
             _events: events,
             _log: log,
-            fake_address,
-            ids: Mutex::new(vec![first_id.to_string()]),
+            scratch,
         })
     }
 
     pub fn bundle_path(&self, id: &str) -> PathBuf {
-        self.dir.join(id)
+        self.scratch.dir.join(id)
     }
 
     /// A bundle for `id` running `args` in a busybox rootfs.
     pub fn bundle(&self, id: &str, args: &[&str]) -> Result<PathBuf, String> {
-        self.ids
+        self.scratch
+            .ids
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(id.to_string());
-        make_bundle(&self.dir, id, args)
+        make_bundle(&self.scratch.dir, id, args)
     }
 
     pub fn ctx() -> ttrpc::context::Context {
@@ -199,6 +232,7 @@ impl DirectShim {
 }
 
 impl Drop for DirectShim {
+    /// Asks the shim to stop; the scratch dropped after this removes whatever is left.
     fn drop(&mut self) {
         let req = ShutdownRequest {
             now: true,
@@ -212,19 +246,6 @@ impl Drop for DirectShim {
             .await
         });
         std::thread::sleep(Duration::from_millis(200));
-        let address = self.fake_address.clone();
-        for pid in shim_pids(|args| args.iter().any(|a| *a == address)) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-        let root = format!("/run/containerd/runc/{}", self.ns);
-        for id in self.ids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = Command::new("runc")
-                .args(["--root", &root, "delete", "--force", id])
-                .output();
-        }
-        let _ = fs::remove_dir_all(&root);
-        super::unmount_under(&self.dir);
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
