@@ -439,6 +439,12 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
             .map(drop)
             .map_err(|e| format!("after {after}, State of a good task failed: {e}"))
     };
+    // A Create the shim must refuse, naming `needle`, and go on serving after.
+    let create_rejected = |what: &str, req: &CreateTaskRequest, code, needle: &str| {
+        let r = sh.rt.block_on(c.create(cx(), req));
+        expect_err(ctx, what, r, code, false, needle)?;
+        still_serving(what)
+    };
 
     let r = sh.rt.block_on(c.state(cx(), &state_of("nosuch")));
     expect_err(
@@ -468,48 +474,30 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         state.status
     );
 
-    let r = sh
-        .rt
-        .block_on(c.create(cx(), &create_request("good", &good)));
-    expect_err(
-        ctx,
+    create_rejected(
         "Create of an existing id",
-        r,
+        &create_request("good", &good),
         ttrpc::Code::ALREADY_EXISTS,
-        false,
         "exists",
     )?;
-    still_serving("a duplicate Create")?;
 
     let no_config = sh.bundle("nocfg", &["true"])?;
     std::fs::remove_file(no_config.join("config.json")).map_err(|e| e.to_string())?;
-    let r = sh
-        .rt
-        .block_on(c.create(cx(), &create_request("nocfg", &no_config)));
-    expect_err(
-        ctx,
+    create_rejected(
         "Create without config.json",
-        r,
+        &create_request("nocfg", &no_config),
         ttrpc::Code::INVALID_ARGUMENT,
-        false,
         "config.json",
     )?;
-    still_serving("a bundle without config.json")?;
 
     let broken = sh.bundle("badcfg", &["true"])?;
     std::fs::write(broken.join("config.json"), "{ not json").map_err(|e| e.to_string())?;
-    let r = sh
-        .rt
-        .block_on(c.create(cx(), &create_request("badcfg", &broken)));
-    expect_err(
-        ctx,
+    create_rejected(
         "Create with a broken config.json",
-        r,
+        &create_request("badcfg", &broken),
         ttrpc::Code::INVALID_ARGUMENT,
-        false,
         "",
     )?;
-    still_serving("a broken config.json")?;
 
     let mut no_runc = create_request("norunc", &sh.bundle("norunc", &["true"])?);
     let opts = shim::protos::runc_options::Options {
@@ -520,29 +508,21 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         "containerd.runc.v1.Options",
         opts.write_to_bytes().map_err(|e| e.to_string())?,
     );
-    let r = sh.rt.block_on(c.create(cx(), &no_runc));
-    expect_err(
-        ctx,
+    create_rejected(
         "Create with a missing runc",
-        r,
+        &no_runc,
         ttrpc::Code::FAILED_PRECONDITION,
-        false,
         "/nonexistent/runc",
     )?;
-    still_serving("a missing runc")?;
 
     let mut garbled = create_request("garbled", &sh.bundle("garbled", &["true"])?);
     garbled.options = options_any("containerd.runc.v1.Options", vec![0xff, 0xff, 0xff]);
-    let r = sh.rt.block_on(c.create(cx(), &garbled));
-    expect_err(
-        ctx,
+    create_rejected(
         "Create with malformed options",
-        r,
+        &garbled,
         ttrpc::Code::INVALID_ARGUMENT,
-        false,
         "",
     )?;
-    still_serving("malformed options")?;
 
     let start = StartRequest {
         id: "good".into(),

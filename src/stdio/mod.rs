@@ -216,15 +216,20 @@ mod tests {
         path
     }
 
-    #[tokio::test]
-    async fn drain_gives_up_only_when_a_stream_stays_open_without_progress() {
-        let path = fifo_in_temp("held");
+    /// Copies of a process whose stdout goes to the FIFO at `path`, and the process's ends.
+    fn stdout_to(path: &std::path::Path) -> (ProcessIo, ProcessStdio) {
         let paths = StdioPaths {
             stdout: path.to_string_lossy().into_owned(),
             ..Default::default()
         };
         let (opened, child) = open(&paths, (0, 0)).unwrap();
-        let io = opened.start("test");
+        (opened.start("test"), child)
+    }
+
+    #[tokio::test]
+    async fn drain_gives_up_only_when_a_stream_stays_open_without_progress() {
+        let path = fifo_in_temp("held");
+        let (io, child) = stdout_to(&path);
         // The write end stands for a process that outlives the one that exited.
         let held = child.stdout.unwrap();
         assert!(!io.drained(Duration::from_millis(300)).await);
@@ -254,12 +259,7 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_output_that_keeps_flowing() {
         let path = fifo_in_temp("flow");
-        let paths = StdioPaths {
-            stdout: path.to_string_lossy().into_owned(),
-            ..Default::default()
-        };
-        let (opened, child) = open(&paths, (0, 0)).unwrap();
-        let io = opened.start("test");
+        let (io, child) = stdout_to(&path);
         let mut consumer = std::fs::File::open(&path).unwrap();
         let writer = std::thread::spawn(move || {
             let mut out = std::fs::File::from(child.stdout.unwrap());
