@@ -1,28 +1,48 @@
-//! A container: its bundle, its root filesystem mounts, its runc and its init process.
-//! It acts (mounts, runs runc); it does not validate requests or publish events.
+//! A container: its bundle, its root filesystem mounts, its runc, its init process and its
+//! exec processes by id. It acts (mounts, runs runc, signals, waits for its processes); it does
+//! not validate requests beyond what only it knows, and it does not publish events.
 
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::options::RuntimeOptions;
-use crate::process::Process;
+use crate::process::{Kind, Process};
 use crate::protos::mount::Mount;
 use crate::reaper::Reaper;
-use crate::runc::{CreateOpts, Runc};
+use crate::runc::{CreateOpts, ExecOpts, Runc};
 use crate::stdio::{self, StdioPaths};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// The bundle file where `delete` finds the runtime options after a shim has died.
 pub const OPTIONS_FILE: &str = "options.json";
 pub const INIT_PID_FILE: &str = "init.pid";
+
+/// How long the output of an exited process may make no progress before its exit is reported
+/// anyway; output that keeps flowing is always waited for (invariant 2).
+const OUTPUT_IDLE_LIMIT: Duration = Duration::from_secs(2);
+/// How long an init's exit waits for the exits of the execs that die with it.
+const EXEC_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
     /// Set when the shim mounted the rootfs and so must unmount it.
     mounted_rootfs: Option<PathBuf>,
-    pub runc: Runc,
+    runc: Runc,
+    /// Owner of the process's ends of the stdio pipes (io_uid, io_gid).
+    io_owner: (u32, u32),
+    /// The container shares the host's pid namespace: its processes do not die with init.
+    kill_all_on_exit: bool,
     pub init: Arc<Process>,
+    execs: Mutex<HashMap<String, Exec>>,
+}
+
+struct Exec {
+    process: Arc<Process>,
+    /// The OCI process spec as the client sent it (validated), handed to `runc exec`.
+    spec: Vec<u8>,
 }
 
 pub struct CreateRequest<'a> {
@@ -38,7 +58,7 @@ impl Container {
     /// Mounts the rootfs, opens the streams and runs `runc create`; on failure nothing of it
     /// is left behind.
     pub async fn create(req: CreateRequest<'_>, reaper: Arc<Reaper>) -> Result<Container> {
-        check_bundle(req.bundle)?;
+        let spec = read_spec(req.bundle)?;
         let runc = Runc::new(
             req.options.binary(),
             Path::new(req.options.root()).join(req.namespace),
@@ -61,12 +81,15 @@ impl Container {
                 .map_err(|e| Error::Internal(format!("mount task failed: {e}")))??;
             Some(rootfs)
         };
-        let mut container = Container {
+        let container = Container {
             id: req.id.to_string(),
             bundle: req.bundle.to_path_buf(),
             mounted_rootfs,
             runc,
-            init: Arc::new(Process::new(req.id, "", req.stdio)),
+            io_owner: (req.options.io_uid, req.options.io_gid),
+            kill_all_on_exit: !has_own_pid_namespace(&spec),
+            init: Arc::new(Process::new(req.id, Kind::Init, req.stdio)),
+            execs: Mutex::new(HashMap::new()),
         };
         match container.create_init(&req.options).await {
             Ok(()) => Ok(container),
@@ -78,9 +101,8 @@ impl Container {
         }
     }
 
-    async fn create_init(&mut self, options: &RuntimeOptions) -> Result<()> {
-        let owner = (options.io_uid, options.io_gid);
-        let (opened, child_stdio) = stdio::open(&self.init.stdio, owner)?;
+    async fn create_init(&self, options: &RuntimeOptions) -> Result<()> {
+        let (opened, child_stdio) = stdio::open(&self.init.stdio, self.io_owner)?;
         let pid_file = self.bundle.join(INIT_PID_FILE);
         let opts = CreateOpts {
             pid_file: pid_file.clone(),
@@ -90,10 +112,201 @@ impl Container {
         self.runc
             .create(&self.id, &self.bundle, &opts, child_stdio)
             .await?;
-        let pid = read_pid(&pid_file)?;
-        self.init.state().pid = pid;
+        self.init.set_pid(read_pid(&pid_file)?);
         self.init.set_io(opened.start(&self.id));
         Ok(())
+    }
+
+    fn execs(&self) -> MutexGuard<'_, HashMap<String, Exec>> {
+        self.execs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The process a request names: init for an empty exec id.
+    pub fn process(&self, exec_id: &str) -> Result<Arc<Process>> {
+        if exec_id.is_empty() {
+            return Ok(self.init.clone());
+        }
+        self.execs()
+            .get(exec_id)
+            .map(|e| e.process.clone())
+            .ok_or_else(|| {
+                Error::NotFound(format!(
+                    "exec {exec_id:?} not found in container {:?}",
+                    self.id
+                ))
+            })
+    }
+
+    /// Records an exec process, to be run by `start`. `spec` is the OCI process as JSON.
+    pub fn add_exec(&self, exec_id: &str, stdio: StdioPaths, spec: Vec<u8>) -> Result<()> {
+        let mut execs = self.execs();
+        if execs.contains_key(exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {exec_id:?} already exists in container {:?}",
+                self.id
+            )));
+        }
+        if !self.init.is_running() {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot exec in container {:?}: its init process is not running",
+                self.id
+            )));
+        }
+        let process = Arc::new(Process::new(&self.id, Kind::Exec(exec_id.into()), stdio));
+        execs.insert(exec_id.to_string(), Exec { process, spec });
+        Ok(())
+    }
+
+    /// Runs a created process: `runc start` for init, `runc exec` for an exec. Returns its pid.
+    pub async fn start(&self, process: &Process) -> Result<i32> {
+        match &process.kind {
+            Kind::Init => {
+                self.runc.start(&self.id).await?;
+                Ok(process.pid())
+            }
+            Kind::Exec(exec_id) => self.start_exec(process, exec_id).await,
+        }
+    }
+
+    async fn start_exec(&self, process: &Process, exec_id: &str) -> Result<i32> {
+        if !self.init.is_running() {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot start exec {exec_id:?}: the init process of {:?} is not running",
+                self.id
+            )));
+        }
+        let spec = self
+            .execs()
+            .get(exec_id)
+            .map(|e| e.spec.clone())
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} was deleted")))?;
+        let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
+        let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
+        std::fs::write(&spec_file, &spec).map_err(|e| {
+            Error::Internal(format!("failed to write {}: {e}", spec_file.display()))
+        })?;
+        let (opened, child_stdio) = match stdio::open(&process.stdio, self.io_owner) {
+            Ok(io) => io,
+            Err(e) => {
+                let _ = std::fs::remove_file(&spec_file);
+                return Err(e);
+            }
+        };
+        let opts = ExecOpts {
+            process_file: spec_file.clone(),
+            pid_file: pid_file.clone(),
+        };
+        let ran = self.runc.exec(&self.id, &opts, child_stdio).await;
+        let _ = std::fs::remove_file(&spec_file);
+        ran?;
+        let pid = read_pid(&pid_file);
+        let _ = std::fs::remove_file(&pid_file);
+        let pid = pid?;
+        process.set_pid(pid);
+        process.set_io(opened.start(&format!("{}/{exec_id}", self.id)));
+        Ok(pid)
+    }
+
+    /// Signals a process: through runc for init (all of the container's processes with
+    /// `all`), directly for an exec.
+    pub async fn kill(&self, process: &Process, signal: u32, all: bool) -> Result<()> {
+        if process.is_init() {
+            return self.runc.kill(&self.id, signal, all).await;
+        }
+        let pid = process.pid();
+        if pid <= 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "exec {:?} has not been started",
+                process.id()
+            )));
+        }
+        let signal = i32::try_from(signal)
+            .ok()
+            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+            .ok_or_else(|| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => Error::NotFound("process already finished".into()),
+            e => Error::Internal(format!("failed to signal exec {:?}: {e}", process.id())),
+        })
+    }
+
+    /// Removes a process that is not running: an exec is forgotten; for init, runc's
+    /// container is deleted and the rootfs unmounted. A never-started init is killed first
+    /// and its exit waited for.
+    pub async fn delete(&self, process: &Process, never_started: bool) -> Result<()> {
+        if !process.is_init() {
+            self.execs().remove(process.id());
+            return Ok(());
+        }
+        if never_started {
+            // runc delete --force kills the waiting init; its exit arrives through the reaper.
+            match self.runc.delete(&self.id, true).await {
+                Ok(()) | Err(Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        const EXIT_WAIT: Duration = Duration::from_secs(10);
+        tokio::time::timeout(EXIT_WAIT, process.wait())
+            .await
+            .map_err(|_| Error::Internal("the init process's exit never came".into()))?;
+        self.destroy().await
+    }
+
+    /// The pids of every process in the container, each with its exec id if it is an exec.
+    pub async fn pids(&self) -> Result<Vec<(i32, Option<String>)>> {
+        let pids = self.runc.ps(&self.id).await?;
+        let execs: HashMap<i32, String> = self
+            .execs()
+            .values()
+            .map(|e| (e.process.pid(), e.process.id().to_string()))
+            .filter(|(pid, _)| *pid > 0)
+            .collect();
+        Ok(pids
+            .into_iter()
+            .map(|pid| (pid, execs.get(&pid).cloned()))
+            .collect())
+    }
+
+    /// Everything that has to happen between a process's exit and its exit event: for init,
+    /// the container's other processes are gone and reported first; then its output drains.
+    pub async fn finish_exit(&self, process: &Process) {
+        if process.is_init() {
+            if self.kill_all_on_exit {
+                // Without its own pid namespace nothing else dies with init.
+                if let Err(e) = self.runc.kill(&self.id, libc::SIGKILL as u32, true).await {
+                    log::debug!("kill --all after the exit of {}: {e}", self.id);
+                }
+            }
+            let running: Vec<Arc<Process>> = self
+                .execs()
+                .values()
+                .map(|e| e.process.clone())
+                .filter(|p| p.pid() > 0)
+                .collect();
+            for exec in running {
+                if tokio::time::timeout(EXEC_EXIT_WAIT, exec.wait())
+                    .await
+                    .is_err()
+                {
+                    log::warn!(
+                        "exec {} of {} did not exit with its init",
+                        exec.id(),
+                        self.id
+                    );
+                }
+            }
+        }
+        if let Some(io) = process.io() {
+            if !io.drained(OUTPUT_IDLE_LIMIT).await {
+                // Still open elsewhere (a process outside the container's pid namespace) or
+                // nobody reads: the copies go on until Delete, but the exit is reported.
+                log::warn!(
+                    "output of {} {} still open {OUTPUT_IDLE_LIMIT:?} after exit with no progress",
+                    self.id,
+                    process.id()
+                );
+            }
+        }
     }
 
     /// Runs `runc delete` and unmounts the rootfs. A container runc no longer knows is fine.
@@ -115,7 +328,10 @@ impl Container {
     }
 }
 
-fn check_bundle(bundle: &Path) -> Result<()> {
+/// Exits are handed to a process with the reaper's mark of when it was spawned; see exits.rs.
+pub type Owner = (Arc<Container>, Arc<Process>);
+
+fn read_spec(bundle: &Path) -> Result<oci_spec::runtime::Spec> {
     if !bundle.is_absolute() {
         return Err(Error::InvalidArgument(format!(
             "bundle path {} is not absolute",
@@ -129,15 +345,35 @@ fn check_bundle(bundle: &Path) -> Result<()> {
             bundle.display()
         ))
     })?;
-    serde_json::from_slice::<serde_json::Value>(&text)
-        .map_err(|e| {
-            Error::InvalidArgument(format!("{} is not valid JSON: {e}", config.display()))
-        })?
-        .as_object()
-        .ok_or_else(|| {
-            Error::InvalidArgument(format!("{} is not a JSON object", config.display()))
-        })?;
-    Ok(())
+    serde_json::from_slice(&text).map_err(|e| {
+        Error::InvalidArgument(format!("{} is not a valid OCI spec: {e}", config.display()))
+    })
+}
+
+fn has_own_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().as_ref());
+    namespaces.is_some_and(|ns| {
+        ns.iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Pid && n.path().is_none())
+    })
+}
+
+/// Checks an exec's OCI process spec and returns what runc gets: the client's JSON with
+/// `terminal` set as the request says, every other field as sent (so fields newer than our
+/// spec types are kept).
+pub fn prepare_exec_spec(json: &[u8], terminal: bool) -> Result<Vec<u8>> {
+    let malformed =
+        |e: serde_json::Error| Error::InvalidArgument(format!("malformed exec process spec: {e}"));
+    let process: oci_spec::runtime::Process = serde_json::from_slice(json).map_err(malformed)?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::InvalidArgument(
+            "exec process spec has no args".into(),
+        ));
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(json).map_err(malformed)?;
+    value["terminal"] = serde_json::Value::Bool(terminal);
+    serde_json::to_vec(&value).map_err(malformed)
 }
 
 fn write_options(bundle: &Path, options: &RuntimeOptions) -> Result<()> {
@@ -162,4 +398,48 @@ pub fn read_pid(path: &Path) -> Result<i32> {
     text.trim()
         .parse()
         .map_err(|e| Error::Internal(format!("bad pid in {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_specs_are_checked_before_anything_runs() {
+        let good = br#"{"args":["sh"],"cwd":"/","user":{"uid":0,"gid":0},"future":1}"#;
+        let ready: serde_json::Value =
+            serde_json::from_slice(&prepare_exec_spec(good, true).unwrap()).unwrap();
+        assert_eq!(ready["terminal"], true, "the request decides the terminal");
+        assert_eq!(ready["future"], 1, "fields we do not know reach runc");
+        assert!(matches!(
+            prepare_exec_spec(b"{ not json", false),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            prepare_exec_spec(br#"{"args":[],"cwd":"/","user":{"uid":0,"gid":0}}"#, false),
+            Err(Error::InvalidArgument(m)) if m.contains("no args")
+        ));
+        assert!(matches!(
+            prepare_exec_spec(
+                br#"{"args":"sh","cwd":"/","user":{"uid":0,"gid":0}}"#,
+                false
+            ),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_new_pid_namespace_of_its_own_keeps_execs_with_init() {
+        let spec = |ns: &str| -> oci_spec::runtime::Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion":"1.0.2","linux":{{"namespaces":[{ns}]}}}}"#
+            ))
+            .unwrap()
+        };
+        assert!(has_own_pid_namespace(&spec(r#"{"type":"pid"}"#)));
+        assert!(!has_own_pid_namespace(&spec(r#"{"type":"mount"}"#)));
+        assert!(!has_own_pid_namespace(&spec(
+            r#"{"type":"pid","path":"/proc/1/ns/pid"}"#
+        )));
+    }
 }

@@ -12,6 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 pub const TASK_CREATE: &str = "/tasks/create";
 pub const TASK_START: &str = "/tasks/start";
 pub const TASK_EXIT: &str = "/tasks/exit";
+pub const TASK_EXEC_ADDED: &str = "/tasks/exec-added";
+pub const TASK_EXEC_STARTED: &str = "/tasks/exec-started";
 pub const TASK_DELETE: &str = "/tasks/delete";
 
 const ATTEMPTS: u32 = 12;

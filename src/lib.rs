@@ -7,6 +7,7 @@ pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod events;
+pub mod exits;
 pub mod info;
 pub mod logger;
 pub mod mount;

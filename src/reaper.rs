@@ -12,6 +12,7 @@ use nix::unistd::Pid;
 use std::collections::HashMap;
 use std::io;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::{mpsc, oneshot};
@@ -22,11 +23,15 @@ pub struct Exit {
     pub pid: i32,
     pub status: i32,
     pub at: SystemTime,
+    /// The reaper's count of exits when this one was seen: orders exits without trusting the
+    /// wall clock, which can step.
+    pub seq: u64,
 }
 
 pub struct Reaper {
     commands: Mutex<HashMap<i32, oneshot::Sender<Exit>>>,
     container_exits: mpsc::UnboundedSender<Exit>,
+    seen: AtomicU64,
 }
 
 impl Reaper {
@@ -36,6 +41,7 @@ impl Reaper {
         let reaper = Reaper {
             commands: Mutex::new(HashMap::new()),
             container_exits: tx,
+            seen: AtomicU64::new(0),
         };
         (Arc::new(reaper), rx)
     }
@@ -49,12 +55,19 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// A point in the sequence of exits: every exit reaped after this call has a larger `seq`.
+    pub fn mark(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
     /// Collects every child that has exited; call on each SIGCHLD.
     pub fn reap(&self) {
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => self.route(exit(pid, code)),
-                Ok(WaitStatus::Signaled(pid, sig, _)) => self.route(exit(pid, 128 + sig as i32)),
+                Ok(WaitStatus::Exited(pid, code)) => self.route(self.stamp(pid, code)),
+                Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                    self.route(self.stamp(pid, 128 + sig as i32))
+                }
                 Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return,
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -81,11 +94,14 @@ impl Reaper {
     }
 }
 
-fn exit(pid: Pid, status: i32) -> Exit {
-    Exit {
-        pid: pid.as_raw(),
-        status,
-        at: SystemTime::now(),
+impl Reaper {
+    fn stamp(&self, pid: Pid, status: i32) -> Exit {
+        Exit {
+            pid: pid.as_raw(),
+            status,
+            at: SystemTime::now(),
+            seq: self.seen.fetch_add(1, Ordering::SeqCst) + 1,
+        }
     }
 }
 
@@ -98,6 +114,7 @@ mod tests {
             pid,
             status: 0,
             at: SystemTime::now(),
+            seq: 1,
         }
     }
 

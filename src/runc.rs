@@ -36,6 +36,12 @@ pub struct CreateOpts {
     pub no_new_keyring: bool,
 }
 
+/// `runc exec --detach`: the process spec file and where runc writes the new pid.
+pub struct ExecOpts {
+    pub process_file: PathBuf,
+    pub pid_file: PathBuf,
+}
+
 impl Runc {
     pub fn new(
         binary: &str,
@@ -83,10 +89,31 @@ impl Runc {
             cmd.arg("--no-new-keyring");
         }
         cmd.arg(id);
+        self.run_with_stdio("create", cmd, stdio).await
+    }
+
+    /// Runs a command that hands `stdio` on to the container process it makes.
+    async fn run_with_stdio(
+        &self,
+        what: &str,
+        mut cmd: Command,
+        stdio: ProcessStdio,
+    ) -> Result<()> {
         cmd.stdin(stdio.stdin.map_or_else(Stdio::null, Stdio::from));
         cmd.stdout(stdio.stdout.map_or_else(Stdio::null, Stdio::from));
         cmd.stderr(stdio.stderr.map_or_else(Stdio::null, Stdio::from));
-        self.run("create", cmd).await.map(drop)
+        self.run(what, cmd).await.map(drop)
+    }
+
+    /// Runs a process in the container and returns once it is started (`--detach`).
+    pub async fn exec(&self, id: &str, opts: &ExecOpts, stdio: ProcessStdio) -> Result<()> {
+        let mut cmd = self.command();
+        cmd.args(["exec", "--detach", "--process"])
+            .arg(&opts.process_file)
+            .arg("--pid-file")
+            .arg(&opts.pid_file)
+            .arg(id);
+        self.run_with_stdio("exec", cmd, stdio).await
     }
 
     pub async fn start(&self, id: &str) -> Result<()> {

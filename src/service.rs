@@ -1,12 +1,17 @@
-//! The `containerd.task.v2.Task` service: validates each request, has the container or process
-//! act, replies, and publishes the event. Also routes container exits to their processes.
+//! The `containerd.task.v2.Task` service: validates each request, has the container act,
+//! replies, and publishes the event. Exits reach it from the process table and leave as
+//! TaskExit once the container says the process is done.
 
-use crate::container::{Container, CreateRequest};
+use crate::container::{self, Container, CreateRequest, Owner};
 use crate::error::{Error, Result};
 use crate::events::{self, Publisher};
+use crate::exits::ProcessTable;
 use crate::options::{self, RuntimeOptions};
 use crate::process::{Process, Status};
-use crate::protos::events::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use crate::protos::events::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
+use crate::protos::runc_options::ProcessDetails;
 use crate::protos::shim::*;
 use crate::protos::shim_ttrpc::Task;
 use crate::protos::task::ProcessInfo;
@@ -18,23 +23,17 @@ use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
 use protobuf::MessageField;
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 use tokio::sync::Notify;
 use ttrpc::r#async::TtrpcContext;
-
-/// How long an exit of a pid no process claims is kept for a process that may yet claim it.
-const UNCLAIMED_EXIT_TTL: Duration = Duration::from_secs(60);
-/// How long the output of an exited process may make no progress before its exit is reported
-/// anyway; output that keeps flowing is always waited for (invariant 2).
-const OUTPUT_IDLE_LIMIT: Duration = Duration::from_secs(2);
-/// How long Delete of a never-started init waits for runc's kill to be reaped.
-const CREATED_DELETE_WAIT: Duration = Duration::from_secs(10);
 
 pub struct Service {
     namespace: String,
     reaper: Arc<Reaper>,
+    table: ProcessTable<Owner>,
     publisher: Publisher,
     /// Options from `start`'s stdin, used when a Create carries none.
     default_options: RuntimeOptions,
@@ -42,9 +41,6 @@ pub struct Service {
     /// Ids whose Create is under way: reserved before any side effect, so a second Create of
     /// the same id fails at once, and Shutdown does not take the shim down under a Create.
     creating: Mutex<HashSet<String>>,
-    /// Exits of pids no process has claimed yet. Its lock also orders exit routing against a
-    /// process learning its pid, so an exit is never missed between the two.
-    unclaimed_exits: Mutex<HashMap<i32, Exit>>,
     shutdown: Arc<Notify>,
 }
 
@@ -59,11 +55,11 @@ impl Service {
         Arc::new(Service {
             namespace: namespace.to_string(),
             reaper,
+            table: ProcessTable::default(),
             publisher,
             default_options,
             containers: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
-            unclaimed_exits: Mutex::new(HashMap::new()),
             shutdown,
         })
     }
@@ -91,12 +87,6 @@ impl Service {
         })
     }
 
-    fn unclaimed(&self) -> MutexGuard<'_, HashMap<i32, Exit>> {
-        self.unclaimed_exits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
     fn container(&self, id: &str) -> Result<Arc<Container>> {
         self.containers()
             .get(id)
@@ -106,75 +96,40 @@ impl Service {
 
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>)> {
         let container = self.container(id)?;
-        if !exec_id.is_empty() {
-            return Err(Error::NotFound(format!(
-                "exec {exec_id:?} not found in container {id:?}"
-            )));
-        }
-        let init = container.init.clone();
-        Ok((container, init))
+        let process = container.process(exec_id)?;
+        Ok((container, process))
     }
 
-    /// Routes one exit from the reaper to the process that had that pid.
+    /// One exit from the reaper: to the process that owns the pid, or kept for a later claim.
     pub fn handle_exit(self: &Arc<Self>, exit: Exit) {
-        let mut unclaimed = self.unclaimed();
-        let owner = self
-            .containers()
-            .values()
-            .map(|c| c.init.clone())
-            .find(|p| {
-                let s = p.state();
-                s.pid == exit.pid && s.exit.is_none()
-            });
-        match owner {
-            Some(process) => {
-                let now = process.state().record_exit(exit);
-                drop(unclaimed);
-                if let Some(exit) = now {
-                    self.finish_exit(process, exit);
-                }
-            }
-            None => {
-                unclaimed.retain(|_, e| {
-                    exit.at.duration_since(e.at).unwrap_or_default() < UNCLAIMED_EXIT_TTL
-                });
-                unclaimed.insert(exit.pid, exit);
-            }
+        if let Some(((container, process), exit)) = self.table.route(exit) {
+            self.exited(container, process, exit);
         }
     }
 
-    /// Once the process's output has drained: Stopped, TaskExit, waiters woken.
-    fn finish_exit(self: &Arc<Self>, process: Arc<Process>, exit: Exit) {
-        let service = Arc::clone(self);
+    /// Records the exit; unless it is held for a start in flight, reports it once the container
+    /// says the process is done: TaskExit, then Stopped (waiters wake after the event).
+    fn exited(self: &Arc<Self>, container: Arc<Container>, process: Arc<Process>, exit: Exit) {
+        let Some(exit) = process.exited(exit) else {
+            return;
+        };
+        let publisher = self.publisher.clone();
         tokio::spawn(async move {
-            if let Some(io) = process.io() {
-                if !io.drained(OUTPUT_IDLE_LIMIT).await {
-                    // Still open elsewhere (a child outside the container's pid namespace) or
-                    // nobody reads: the copies go on until Delete, but the exit is reported.
-                    log::warn!(
-                        "output of {} {} still open {OUTPUT_IDLE_LIMIT:?} after exit with no progress",
-                        process.container_id,
-                        process.exec_id
-                    );
-                }
-            }
-            let mut state = process.state();
-            process.mark_stopped(&mut state);
-            let mut event = TaskExit::new();
-            event.container_id = process.container_id.clone();
-            event.id = if process.is_init() {
-                process.container_id.clone()
-            } else {
-                process.exec_id.clone()
+            container.finish_exit(&process).await;
+            let event = TaskExit {
+                container_id: container.id.clone(),
+                id: process.id().to_string(),
+                pid: exit.pid as u32,
+                exit_status: exit.status as u32,
+                exited_at: MessageField::some(timestamp(exit.at)),
+                ..Default::default()
             };
-            event.pid = exit.pid as u32;
-            event.exit_status = exit.status as u32;
-            event.exited_at = MessageField::some(timestamp(exit.at));
-            service.publisher.publish(events::TASK_EXIT, &event);
+            publisher.publish(events::TASK_EXIT, &event);
+            process.stop();
         });
     }
 
-    async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+    async fn create(self: Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("container id is empty".into()));
         }
@@ -202,35 +157,33 @@ impl Service {
             options,
         };
         let reservation = self.reserve(&req.id)?;
-        // An unclaimed exit from before runc ran belongs to an earlier holder of the pid.
-        let spawned_at = SystemTime::now();
+        let since = self.reaper.mark();
         let container = Arc::new(Container::create(create, self.reaper.clone()).await?);
-        let pid = container.init.pid();
-
-        let mut unclaimed = self.unclaimed();
+        let init = container.init.clone();
+        let pid = init.pid();
+        let early = self
+            .table
+            .claim(pid, (container.clone(), init.clone()), since);
         self.containers().insert(req.id.clone(), container.clone());
         drop(reservation);
-        let mut event = TaskCreate::new();
-        event.container_id = req.id.clone();
-        event.bundle = req.bundle.clone();
-        event.rootfs = req.rootfs.clone();
-        event.io = MessageField::some(TaskIO {
-            stdin: req.stdin,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            terminal: req.terminal,
+        let event = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: MessageField::some(TaskIO {
+                stdin: req.stdin,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                terminal: req.terminal,
+                ..Default::default()
+            }),
+            checkpoint: req.checkpoint,
+            pid: pid as u32,
             ..Default::default()
-        });
-        event.checkpoint = req.checkpoint;
-        event.pid = pid as u32;
+        };
         self.publisher.publish(events::TASK_CREATE, &event);
-        let early = unclaimed.remove(&pid).filter(|e| e.at >= spawned_at);
-        drop(unclaimed);
         if let Some(exit) = early {
-            let now = container.init.state().record_exit(exit);
-            if let Some(exit) = now {
-                self.finish_exit(container.init.clone(), exit);
-            }
+            self.exited(container, init, exit);
         }
         Ok(CreateTaskResponse {
             pid: pid as u32,
@@ -238,30 +191,45 @@ impl Service {
         })
     }
 
-    async fn start(self: &Arc<Self>, req: StartRequest) -> Result<StartResponse> {
+    async fn start(self: Arc<Self>, req: StartRequest) -> Result<StartResponse> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
-        process.state().begin_start()?;
-        if let Err(e) = container.runc.start(&container.id).await {
-            let held = process.state().abort_start();
-            if let Some(exit) = held {
-                self.handle_exit(exit);
+        process.begin_start()?;
+        let since = self.reaper.mark();
+        let pid = match container.start(&process).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                if let Some(exit) = process.abort_start() {
+                    self.exited(container, process, exit);
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let pid = process.pid();
-        let held = {
-            let mut state = process.state();
-            let mut event = TaskStart::new();
-            event.container_id = container.id.clone();
-            event.pid = pid as u32;
-            self.publisher.publish(events::TASK_START, &event);
-            state.finish_start(pid)
         };
-        if let Some(exit) = held {
-            let now = process.state().record_exit(exit);
-            if let Some(exit) = now {
-                self.finish_exit(process, exit);
-            }
+        // An exec's pid is new here; init's was claimed at Create, and its exit during the
+        // start is held by its state.
+        let early = if process.is_init() {
+            None
+        } else {
+            self.table
+                .claim(pid, (container.clone(), process.clone()), since)
+        };
+        if process.is_init() {
+            let event = TaskStart {
+                container_id: container.id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            };
+            self.publisher.publish(events::TASK_START, &event);
+        } else {
+            let event = TaskExecStarted {
+                container_id: container.id.clone(),
+                exec_id: process.id().to_string(),
+                pid: pid as u32,
+                ..Default::default()
+            };
+            self.publisher.publish(events::TASK_EXEC_STARTED, &event);
+        }
+        if let Some(exit) = process.finish_start().or(early) {
+            self.exited(container, process, exit);
         }
         Ok(StartResponse {
             pid: pid as u32,
@@ -269,32 +237,33 @@ impl Service {
         })
     }
 
-    async fn delete(self: &Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
+    async fn delete(self: Arc<Self>, req: DeleteRequest) -> Result<DeleteResponse> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
-        let never_started = process.state().begin_delete()?;
-        if let Err(e) = self
-            .remove_runtime_state(&container, &process, never_started)
-            .await
-        {
-            process.state().abort_delete();
+        let never_started = process.begin_delete()?;
+        if let Err(e) = container.delete(&process, never_started).await {
+            process.abort_delete();
             return Err(e);
         }
-        process.close_io();
-        let (pid, exit) = {
-            let mut state = process.state();
-            state.status = Status::Deleted;
-            (state.pid, state.exit)
-        };
-        self.containers().remove(&container.id);
+        let exit = process.finish_delete();
+        let pid = process.pid();
+        if pid > 0 && exit.is_none() {
+            // A never-started exec has no pid; anything else that is gone has no exit to route.
+            self.table.release(pid);
+        }
         let exit_status = exit.map_or(0, |e| e.status as u32);
         let exited_at = timestamp(exit.map_or_else(SystemTime::now, |e| e.at));
-        let mut event = TaskDelete::new();
-        event.container_id = container.id.clone();
-        event.pid = pid as u32;
-        event.exit_status = exit_status;
-        event.exited_at = MessageField::some(exited_at.clone());
-        event.id = container.id.clone();
-        self.publisher.publish(events::TASK_DELETE, &event);
+        if process.is_init() {
+            self.containers().remove(&container.id);
+            let event = TaskDelete {
+                container_id: container.id.clone(),
+                pid: pid as u32,
+                exit_status,
+                exited_at: MessageField::some(exited_at.clone()),
+                id: container.id.clone(),
+                ..Default::default()
+            };
+            self.publisher.publish(events::TASK_DELETE, &event);
+        }
         Ok(DeleteResponse {
             pid: pid as u32,
             exit_status,
@@ -303,68 +272,76 @@ impl Service {
         })
     }
 
-    async fn remove_runtime_state(
-        &self,
-        container: &Container,
-        process: &Process,
-        never_started: bool,
-    ) -> Result<()> {
-        if never_started {
-            // runc delete --force kills the waiting init; its exit arrives through the reaper.
-            match container.runc.delete(&container.id, true).await {
-                Ok(()) | Err(Error::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-            tokio::time::timeout(CREATED_DELETE_WAIT, process.wait())
-                .await
-                .map_err(|_| Error::Internal("killed init process was never reaped".into()))?;
-        }
-        container.destroy().await
+    fn exec(&self, req: ExecProcessRequest) -> Result<()> {
+        check_exec_id(&req.exec_id)?;
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec request has no process spec".into()))?;
+        let spec = container::prepare_exec_spec(&spec.value, req.terminal)?;
+        let container = self.container(&req.id)?;
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
+        container.add_exec(&req.exec_id, stdio, spec)?;
+        let event = TaskExecAdded {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            ..Default::default()
+        };
+        self.publisher.publish(events::TASK_EXEC_ADDED, &event);
+        Ok(())
     }
 
     fn state(&self, req: StateRequest) -> Result<StateResponse> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
-        let state = process.state().clone();
-        let status = match state.status {
+        let snap = process.snapshot();
+        let status = match snap.status {
             Status::Created => WireStatus::CREATED,
             Status::Running => WireStatus::RUNNING,
             Status::Stopped | Status::Deleted => WireStatus::STOPPED,
         };
         Ok(StateResponse {
-            id: req.id,
+            id: process.id().to_string(),
             bundle: container.bundle.to_string_lossy().into_owned(),
-            pid: state.pid as u32,
+            pid: snap.pid as u32,
             status: status.into(),
             stdin: process.stdio.stdin.clone(),
             stdout: process.stdio.stdout.clone(),
             stderr: process.stdio.stderr.clone(),
             terminal: process.stdio.terminal,
-            exit_status: state.exit_status(),
-            exited_at: match (state.status, state.exit) {
-                (Status::Stopped | Status::Deleted, Some(e)) => MessageField::some(timestamp(e.at)),
-                _ => MessageField::none(),
-            },
+            exit_status: snap.exit.map_or(0, |e| e.status as u32),
+            exited_at: snap
+                .exit
+                .map_or_else(MessageField::none, |e| MessageField::some(timestamp(e.at))),
             exec_id: req.exec_id,
             ..Default::default()
         })
     }
 
-    async fn kill(&self, req: KillRequest) -> Result<()> {
+    async fn kill(self: Arc<Self>, req: KillRequest) -> Result<()> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
-        process.state().check_kill()?;
-        container
-            .runc
-            .kill(&container.id, req.signal, req.all)
-            .await
+        process.check_kill()?;
+        container.kill(&process, req.signal, req.all).await
     }
 
-    async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
+    async fn pids(self: Arc<Self>, req: PidsRequest) -> Result<PidsResponse> {
         let container = self.container(&req.id)?;
-        let pids = container.runc.ps(&container.id).await?;
-        let processes = pids
+        let processes = container
+            .pids()
+            .await?
             .into_iter()
-            .map(|pid| ProcessInfo {
+            .map(|(pid, exec_id)| ProcessInfo {
                 pid: pid as u32,
+                info: exec_id.map_or_else(MessageField::none, |exec_id| {
+                    MessageField::some(events::pack(&ProcessDetails {
+                        exec_id,
+                        ..Default::default()
+                    }))
+                }),
                 ..Default::default()
             })
             .collect();
@@ -384,7 +361,7 @@ impl Service {
         Ok(())
     }
 
-    async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {
+    async fn wait(self: Arc<Self>, req: WaitRequest) -> Result<WaitResponse> {
         let (_, process) = self.process(&req.id, &req.exec_id)?;
         let exit = process.wait().await;
         Ok(WaitResponse {
@@ -415,6 +392,33 @@ impl Service {
     }
 }
 
+/// Exec ids name files in the bundle: containerd's identifier rule (letters and digits,
+/// separated by single `.`, `_` or `-`), at most 76 characters.
+fn check_exec_id(id: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::InvalidArgument(format!("exec id {id:?} {why}")));
+    if id.is_empty() {
+        return bad("is empty");
+    }
+    if id.len() > 76 {
+        return bad("is longer than 76 characters");
+    }
+    let separator = |c: char| matches!(c, '.' | '_' | '-');
+    let mut previous_separator = true;
+    for c in id.chars() {
+        if c.is_ascii_alphanumeric() {
+            previous_separator = false;
+        } else if separator(c) && !previous_separator {
+            previous_separator = true;
+        } else {
+            return bad("must be letters and digits separated by single '.', '_' or '-'");
+        }
+    }
+    if previous_separator {
+        return bad("must end with a letter or digit");
+    }
+    Ok(())
+}
+
 struct Reservation<'a> {
     service: &'a Service,
     id: String,
@@ -428,6 +432,17 @@ impl Drop for Reservation<'_> {
 
 fn unimplemented<T>(method: &str) -> ttrpc::Result<T> {
     Err(Error::Unimplemented(format!("{method} is not implemented by this shim yet")).into())
+}
+
+/// Runs a request that changes state to its end even when ttrpc drops the handler because
+/// the request's deadline passed: a Create or Start cut off half-way would leave a mount, a
+/// runc container or a process stuck in Starting.
+async fn to_completion<T: Send + 'static>(
+    body: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(body)
+        .await
+        .map_err(|e| Error::Internal(format!("request task failed: {e}")))?
 }
 
 fn reply<T>(method: &str, result: Result<T>) -> ttrpc::Result<T> {
@@ -452,19 +467,19 @@ impl Task for TaskService {
         req: CreateTaskRequest,
     ) -> ttrpc::Result<CreateTaskResponse> {
         log::debug!("Create {} bundle {}", req.id, req.bundle);
-        reply("Create", self.0.create(req).await)
+        reply("Create", to_completion(self.0.clone().create(req)).await)
     }
 
     async fn start(&self, _: &TtrpcContext, req: StartRequest) -> ttrpc::Result<StartResponse> {
-        reply("Start", self.0.start(req).await)
+        reply("Start", to_completion(self.0.clone().start(req)).await)
     }
 
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> ttrpc::Result<DeleteResponse> {
-        reply("Delete", self.0.delete(req).await)
+        reply("Delete", to_completion(self.0.clone().delete(req)).await)
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> ttrpc::Result<PidsResponse> {
-        reply("Pids", self.0.pids(req).await)
+        reply("Pids", self.0.clone().pids(req).await)
     }
 
     async fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> ttrpc::Result<Empty> {
@@ -480,11 +495,17 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
-        reply("Kill", self.0.kill(req).await.map(|()| Empty::new()))
+        reply(
+            "Kill",
+            to_completion(self.0.clone().kill(req))
+                .await
+                .map(|()| Empty::new()),
+        )
     }
 
-    async fn exec(&self, _: &TtrpcContext, _: ExecProcessRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Exec")
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> ttrpc::Result<Empty> {
+        log::debug!("Exec {} {}", req.id, req.exec_id);
+        reply("Exec", self.0.exec(req).map(|()| Empty::new()))
     }
 
     async fn resize_pty(&self, _: &TtrpcContext, _: ResizePtyRequest) -> ttrpc::Result<Empty> {
@@ -500,7 +521,7 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
-        reply("Wait", self.0.wait(req).await)
+        reply("Wait", self.0.clone().wait(req).await)
     }
 
     async fn stats(&self, _: &TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
@@ -518,5 +539,33 @@ impl Task for TaskService {
     async fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> ttrpc::Result<Empty> {
         self.0.shutdown(req);
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_ids_follow_containerds_identifier_rule() {
+        for good in ["x1", "exec-1", "a.b_c-d", "A9"] {
+            assert!(check_exec_id(good).is_ok(), "{good}");
+        }
+        let long = "a".repeat(77);
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            "-a",
+            "a-",
+            "a--b",
+            "a b",
+            long.as_str(),
+        ] {
+            assert!(
+                matches!(check_exec_id(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
     }
 }

@@ -1,19 +1,37 @@
 //! One process of a container, init or exec: its streams, its lifecycle state and its exit.
-//! It knows nothing of ttrpc or events; the service drives it.
+//! It knows nothing of ttrpc, runc or events; the container acts on it and the service reports.
 
-pub mod state;
+mod state;
 
+use crate::error::Result;
 use crate::reaper::Exit;
 use crate::stdio::{ProcessIo, StdioPaths};
-pub use state::{State, Status};
+use state::State;
+pub use state::Status;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Init,
+    Exec(String),
+}
+
+/// A process as State and Wait report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Snapshot {
+    pub status: Status,
+    pub pid: i32,
+    pub exit: Option<Exit>,
+}
+
 pub struct Process {
     pub container_id: String,
-    /// Empty for the container's init process.
-    pub exec_id: String,
+    pub kind: Kind,
     pub stdio: StdioPaths,
+    /// 0 until runc has told it.
+    pid: AtomicI32,
     state: Mutex<State>,
     io: Mutex<Option<Arc<ProcessIo>>>,
     /// Carries the exit once the process is Stopped (exited and drained).
@@ -21,28 +39,97 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn new(container_id: &str, exec_id: &str, stdio: StdioPaths) -> Process {
+    pub fn new(container_id: &str, kind: Kind, stdio: StdioPaths) -> Process {
         Process {
             container_id: container_id.to_string(),
-            exec_id: exec_id.to_string(),
+            kind,
             stdio,
-            state: Mutex::new(State::new()),
+            pid: AtomicI32::new(0),
+            state: Mutex::new(State::Created),
             io: Mutex::new(None),
             stopped: watch::channel(None).0,
         }
     }
 
     pub fn is_init(&self) -> bool {
-        self.exec_id.is_empty()
+        self.kind == Kind::Init
     }
 
-    /// The lifecycle state; hold the guard only across code that does not await.
-    pub fn state(&self) -> MutexGuard<'_, State> {
+    /// The id events carry for this process: the container's for init, else the exec's.
+    pub fn id(&self) -> &str {
+        match &self.kind {
+            Kind::Init => &self.container_id,
+            Kind::Exec(id) => id,
+        }
+    }
+
+    /// The exec id requests name this process by: empty for init.
+    pub fn exec_id(&self) -> &str {
+        match &self.kind {
+            Kind::Init => "",
+            Kind::Exec(id) => id,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn pid(&self) -> i32 {
-        self.state().pid
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    pub fn set_pid(&self, pid: i32) {
+        self.pid.store(pid, Ordering::SeqCst);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let (status, exit) = self.state().public();
+        Snapshot {
+            status,
+            pid: self.pid(),
+            exit,
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.state().is_running()
+    }
+
+    pub fn begin_start(&self) -> Result<()> {
+        self.state().begin_start()
+    }
+
+    /// The start was announced; an exit that came meanwhile is returned to be handled.
+    pub fn finish_start(&self) -> Option<Exit> {
+        self.state().finish_start()
+    }
+
+    pub fn abort_start(&self) -> Option<Exit> {
+        self.state().abort_start()
+    }
+
+    /// Records the exit; returns it when it is to be handled now.
+    pub fn exited(&self, exit: Exit) -> Option<Exit> {
+        self.state().exited(exit)
+    }
+
+    pub fn check_kill(&self) -> Result<()> {
+        self.state().check_kill()
+    }
+
+    pub fn begin_delete(&self) -> Result<bool> {
+        self.state().begin_delete()
+    }
+
+    pub fn abort_delete(&self) {
+        self.state().abort_delete()
+    }
+
+    /// Deleted: the streams are closed; returns the exit if there was one.
+    pub fn finish_delete(&self) -> Option<Exit> {
+        self.close_io();
+        self.state().finish_delete()
     }
 
     pub fn set_io(&self, io: ProcessIo) {
@@ -58,10 +145,11 @@ impl Process {
         self.io.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 
-    /// Marks the process Stopped (its output has drained) and wakes every waiter.
-    pub fn mark_stopped(&self, state: &mut State) {
+    /// The output has drained: the process is Stopped and every waiter wakes.
+    pub fn stop(&self) {
+        let mut state = self.state();
         state.stop();
-        self.stopped.send_replace(state.exit);
+        self.stopped.send_replace(state.exit());
     }
 
     /// Waits until the process is Stopped and returns its exit.
@@ -71,9 +159,10 @@ impl Process {
             if let Some(exit) = *rx.borrow_and_update() {
                 return exit;
             }
+            // The sender lives as long as self, which the caller holds: changed() cannot fail
+            // while we wait, and if it did there would be nothing more to wait for.
             if rx.changed().await.is_err() {
-                // The sender lives as long as self, which the caller holds.
-                unreachable!("process dropped while waited on");
+                std::future::pending::<()>().await;
             }
         }
     }

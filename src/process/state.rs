@@ -1,142 +1,182 @@
 //! The lifecycle of one process as a state machine: which operation each state allows, and a
-//! FailedPrecondition for every other.
+//! FailedPrecondition (or NotFound, for a process that is gone) for every other.
 //!
-//! Created → (starting) → Running → Stopped → Deleted. An exit seen while a start is in flight
-//! is held back until the start has been announced, so events stay in order (invariant 6).
+//! Created → Starting → Running → Exited (output draining) → Stopped → Deleting → Deleted.
+//! An exit seen while a start is in flight is held back until the start has been announced, so
+//! events stay in order (invariant 6). A Delete of a never-started init kills it, so Deleting
+//! still takes the exit and the drain of the state it came from.
 
 use crate::error::{Error, Result};
 use crate::reaper::Exit;
 
+/// What the outside sees of a process's lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     Created,
     Running,
-    /// Exited and its output drained; its exit status is known.
+    /// Exited (its output may still be draining); the exit is known.
     Stopped,
     Deleted,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct State {
-    pub status: Status,
-    pub pid: i32,
-    pub starting: bool,
-    /// A Delete is under way; a second one is refused.
-    pub deleting: bool,
-    /// Set when the reaper reports the exit, before the output has drained.
-    pub exit: Option<Exit>,
-    /// An exit that arrived while a start was in flight.
-    held_exit: Option<Exit>,
+pub(super) enum State {
+    Created,
+    Starting {
+        held: Option<Exit>,
+    },
+    Running,
+    /// The process is gone; its output is still draining.
+    Exited(Exit),
+    /// Exited and drained.
+    Stopped(Exit),
+    /// A Delete is under way from the state inside (Created, Exited or Stopped).
+    Deleting(Box<State>),
+    Deleted(Option<Exit>),
 }
 
 impl State {
-    pub fn new() -> State {
-        State {
-            status: Status::Created,
-            pid: 0,
-            starting: false,
-            deleting: false,
-            exit: None,
-            held_exit: None,
-        }
-    }
-
     pub fn begin_start(&mut self) -> Result<()> {
-        match (self.status, self.starting, self.exit) {
-            (Status::Created, false, None) => {
-                self.starting = true;
+        match self {
+            State::Created => {
+                *self = State::Starting { held: None };
                 Ok(())
             }
-            (Status::Created, true, _) => Err(precondition("process is already starting")),
-            (Status::Created, false, Some(_)) => Err(precondition("process has already exited")),
-            (status, _, _) => Err(precondition(&format!(
+            State::Starting { .. } => Err(precondition("process is already starting")),
+            other => Err(precondition(&format!(
                 "cannot start a process that is {}",
-                status.word()
+                other.word()
             ))),
         }
     }
 
     /// The start succeeded; returns an exit that arrived meanwhile, now to be handled.
-    pub fn finish_start(&mut self, pid: i32) -> Option<Exit> {
-        self.starting = false;
-        self.pid = pid;
-        self.status = Status::Running;
-        self.held_exit.take()
+    pub fn finish_start(&mut self) -> Option<Exit> {
+        match std::mem::replace(self, State::Running) {
+            State::Starting { held } => held,
+            other => {
+                // Only the holder of the start gets here; keep whatever changed it.
+                *self = other;
+                None
+            }
+        }
     }
 
-    /// The start failed; an exit that arrived meanwhile is returned to be handled.
+    /// The start failed: back to Created; an exit that arrived meanwhile is returned.
     pub fn abort_start(&mut self) -> Option<Exit> {
-        self.starting = false;
-        self.held_exit.take()
-    }
-
-    /// Records an exit; returns it if it is to be handled now, or None when it is held back
-    /// until the start in flight has been announced.
-    pub fn record_exit(&mut self, exit: Exit) -> Option<Exit> {
-        if self.starting {
-            self.held_exit = Some(exit);
-            return None;
+        match std::mem::replace(self, State::Created) {
+            State::Starting { held } => held,
+            other => {
+                *self = other;
+                None
+            }
         }
-        self.exit = Some(exit);
-        Some(exit)
     }
 
-    /// The output has drained: the process is now Stopped.
+    /// Records an exit; returns it when it is to be handled now (drain, then report), or None
+    /// when it is held back until the start in flight has been announced, or is not news.
+    pub fn exited(&mut self, exit: Exit) -> Option<Exit> {
+        match self {
+            State::Starting { held } => {
+                *held = Some(exit);
+                None
+            }
+            State::Created | State::Running => {
+                *self = State::Exited(exit);
+                Some(exit)
+            }
+            State::Deleting(from) => from.exited(exit),
+            State::Exited(_) | State::Stopped(_) | State::Deleted(_) => None,
+        }
+    }
+
+    /// The output of the exited process has drained.
     pub fn stop(&mut self) {
-        if self.status != Status::Deleted {
-            self.status = Status::Stopped;
-        }
-    }
-
-    pub fn check_delete(&self) -> Result<()> {
-        if self.deleting {
-            return Err(precondition("process is already being deleted"));
-        }
-        match (self.status, self.starting) {
-            (Status::Created, true) => Err(precondition("cannot delete a process while it starts")),
-            (Status::Created, false) | (Status::Stopped, _) => Ok(()),
-            (Status::Running, _) => Err(precondition("cannot delete a running process")),
-            (Status::Deleted, _) => Err(Error::NotFound("process is already deleted".into())),
+        match self {
+            State::Exited(exit) => *self = State::Stopped(*exit),
+            State::Deleting(from) => from.stop(),
+            _ => {}
         }
     }
 
     /// Claims the Delete; returns whether the process never started (and so must be killed).
+    /// An exited process may be deleted while its output drains: the Delete waits for it.
     pub fn begin_delete(&mut self) -> Result<bool> {
-        self.check_delete()?;
-        self.deleting = true;
-        Ok(self.status == Status::Created)
+        match self {
+            State::Created | State::Exited(_) | State::Stopped(_) => {
+                let never_started = matches!(self, State::Created);
+                let from = std::mem::replace(self, State::Created);
+                *self = State::Deleting(Box::new(from));
+                Ok(never_started)
+            }
+            State::Starting { .. } => Err(precondition("cannot delete a process while it starts")),
+            State::Running => Err(precondition("cannot delete a running process")),
+            State::Deleting(_) => Err(precondition("process is already being deleted")),
+            State::Deleted(_) => Err(Error::NotFound("process is already deleted".into())),
+        }
     }
 
-    /// The Delete failed: the process may be deleted again.
+    /// The Delete failed: the process is as it was (or as its exit made it meanwhile).
     pub fn abort_delete(&mut self) {
-        self.deleting = false;
+        if let State::Deleting(from) = self {
+            let from = std::mem::replace(from.as_mut(), State::Created);
+            *self = from;
+        }
+    }
+
+    /// The Delete succeeded; returns the exit, if the process had one.
+    pub fn finish_delete(&mut self) -> Option<Exit> {
+        let exit = self.exit();
+        *self = State::Deleted(exit);
+        exit
     }
 
     pub fn check_kill(&self) -> Result<()> {
-        if self.exit.is_some() || matches!(self.status, Status::Stopped | Status::Deleted) {
-            return Err(Error::NotFound("process already finished".into()));
-        }
-        Ok(())
-    }
-
-    pub fn exit_status(&self) -> u32 {
-        self.exit.map_or(0, |e| e.status as u32)
-    }
-}
-
-impl Default for State {
-    fn default() -> Self {
-        State::new()
-    }
-}
-
-impl Status {
-    fn word(self) -> &'static str {
         match self {
-            Status::Created => "created",
-            Status::Running => "running",
-            Status::Stopped => "stopped",
-            Status::Deleted => "deleted",
+            State::Exited(_) | State::Stopped(_) | State::Deleted(_) => {
+                Err(Error::NotFound("process already finished".into()))
+            }
+            State::Deleting(from) => from.check_kill(),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the process has been started and has not yet exited.
+    pub fn is_running(&self) -> bool {
+        matches!(self, State::Running)
+    }
+
+    /// The exit, once reaped (whether or not the output has drained).
+    pub fn exit(&self) -> Option<Exit> {
+        match self {
+            State::Exited(e) | State::Stopped(e) => Some(*e),
+            State::Deleting(from) => from.exit(),
+            State::Deleted(e) => *e,
+            _ => None,
+        }
+    }
+
+    /// The status as the outside sees it, with the exit once there is one: an exit is
+    /// reported when it happens, even while the output still drains.
+    pub fn public(&self) -> (Status, Option<Exit>) {
+        match self {
+            State::Created => (Status::Created, None),
+            State::Starting { .. } | State::Running => (Status::Running, None),
+            State::Exited(e) | State::Stopped(e) => (Status::Stopped, Some(*e)),
+            State::Deleting(from) => from.public(),
+            State::Deleted(e) => (Status::Deleted, *e),
+        }
+    }
+
+    fn word(&self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Starting { .. } => "starting",
+            State::Running => "running",
+            State::Exited(_) => "exited",
+            State::Stopped(_) => "stopped",
+            State::Deleting(_) => "being deleted",
+            State::Deleted(_) => "deleted",
         }
     }
 }
@@ -155,67 +195,99 @@ mod tests {
             pid,
             status,
             at: SystemTime::now(),
+            seq: 1,
         }
     }
 
     #[test]
     fn start_twice_is_a_failed_precondition() {
-        let mut s = State::new();
+        let mut s = State::Created;
         s.begin_start().unwrap();
         assert!(matches!(s.begin_start(), Err(Error::FailedPrecondition(_))));
-        assert_eq!(s.finish_start(10), None);
+        assert_eq!(s.finish_start(), None);
         assert!(matches!(s.begin_start(), Err(Error::FailedPrecondition(_))));
     }
 
     #[test]
     fn an_exit_during_start_is_held_until_the_start_is_announced() {
-        let mut s = State::new();
+        let mut s = State::Created;
         s.begin_start().unwrap();
-        assert_eq!(s.record_exit(exit(10, 3)), None);
-        assert!(s.exit.is_none());
-        let held = s.finish_start(10).expect("held exit is handed back");
-        assert_eq!(s.record_exit(held), Some(held));
-        assert_eq!(s.exit_status(), 3);
+        assert_eq!(s.exited(exit(10, 3)), None);
+        assert_eq!(s.exit(), None);
+        let held = s.finish_start().expect("held exit is handed back");
+        assert_eq!(s.exited(held), Some(held));
+        assert_eq!(s.exit().map(|e| e.status), Some(3));
+    }
+
+    #[test]
+    fn an_exit_during_a_failed_start_is_handed_back() {
+        let mut s = State::Created;
+        s.begin_start().unwrap();
+        assert_eq!(s.exited(exit(10, 1)), None);
+        let held = s.abort_start().expect("held exit is handed back");
+        assert_eq!(s, State::Created);
+        assert_eq!(s.exited(held), Some(held));
+    }
+
+    #[test]
+    fn a_running_process_never_shows_an_exit_and_an_exited_one_always_does() {
+        let mut s = State::Created;
+        s.begin_start().unwrap();
+        s.finish_start();
+        assert_eq!(s.public(), (Status::Running, None));
+        let e = exit(1, 7);
+        s.exited(e);
+        assert_eq!(s.public(), (Status::Stopped, Some(e)), "while draining");
+        s.stop();
+        assert_eq!(s.public(), (Status::Stopped, Some(e)));
     }
 
     #[test]
     fn delete_is_allowed_only_before_start_or_after_stop() {
-        let mut s = State::new();
-        assert!(s.check_delete().is_ok());
+        let mut s = State::Created;
         s.begin_start().unwrap();
-        s.finish_start(1);
+        s.finish_start();
         assert!(matches!(
-            s.check_delete(),
+            s.begin_delete(),
             Err(Error::FailedPrecondition(_))
         ));
-        s.record_exit(exit(1, 0));
-        assert!(
-            s.check_delete().is_err(),
-            "not deletable before output drained"
-        );
+        s.exited(exit(1, 0));
         s.stop();
-        assert!(s.check_delete().is_ok());
-        s.status = Status::Deleted;
-        assert!(matches!(s.check_delete(), Err(Error::NotFound(_))));
+        assert_eq!(s.begin_delete(), Ok(false));
+        assert_eq!(s.finish_delete().map(|e| e.status), Some(0));
+        assert!(matches!(s.begin_delete(), Err(Error::NotFound(_))));
     }
 
     #[test]
-    fn a_second_delete_during_the_first_is_refused() {
-        let mut s = State::new();
+    fn a_second_delete_during_the_first_is_refused_and_an_abort_restores() {
+        let mut s = State::Created;
         assert_eq!(s.begin_delete(), Ok(true));
         assert!(matches!(
             s.begin_delete(),
             Err(Error::FailedPrecondition(_))
         ));
         s.abort_delete();
+        assert_eq!(s, State::Created);
         assert_eq!(s.begin_delete(), Ok(true));
     }
 
     #[test]
+    fn a_killed_never_started_process_exits_and_drains_while_deleting() {
+        let mut s = State::Created;
+        assert_eq!(s.begin_delete(), Ok(true));
+        let e = exit(5, 137);
+        assert_eq!(s.exited(e), Some(e));
+        s.stop();
+        assert_eq!(s.public(), (Status::Stopped, Some(e)));
+        s.abort_delete();
+        assert_eq!(s, State::Stopped(e), "a failed delete keeps the exit");
+    }
+
+    #[test]
     fn kill_after_exit_is_not_found() {
-        let mut s = State::new();
+        let mut s = State::Running;
         assert!(s.check_kill().is_ok());
-        s.record_exit(exit(1, 137));
+        s.exited(exit(1, 137));
         assert!(matches!(s.check_kill(), Err(Error::NotFound(_))));
     }
 }
