@@ -9,7 +9,7 @@ use crate::process::{Kind, Process};
 use crate::protos::mount::Mount;
 use crate::reaper::Reaper;
 use crate::runc::{CreateOpts, ExecOpts, Runc};
-use crate::stdio::{self, StdioPaths};
+use crate::stdio::{self, OpenContext, Plan, StdioPaths};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +35,8 @@ pub struct Container {
     io_owner: (u32, u32),
     /// The container shares the host's pid namespace: its processes do not die with init.
     kill_all_on_exit: bool,
+    namespace: String,
+    reaper: Arc<Reaper>,
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Exec>>,
 }
@@ -43,6 +45,7 @@ struct Exec {
     process: Arc<Process>,
     /// The OCI process spec as the client sent it (validated), handed to `runc exec`.
     spec: Vec<u8>,
+    plan: Plan,
 }
 
 pub struct CreateRequest<'a> {
@@ -51,6 +54,8 @@ pub struct CreateRequest<'a> {
     pub namespace: &'a str,
     pub rootfs: &'a [Mount],
     pub stdio: StdioPaths,
+    /// `stdio` as read before any side effect.
+    pub plan: Plan,
     pub options: RuntimeOptions,
 }
 
@@ -64,7 +69,7 @@ impl Container {
             Path::new(req.options.root()).join(req.namespace),
             req.bundle.join("log.json"),
             req.options.systemd_cgroup,
-            reaper,
+            reaper.clone(),
         )?;
         write_options(req.bundle, &req.options)?;
         let rootfs = req.bundle.join("rootfs");
@@ -88,10 +93,12 @@ impl Container {
             runc,
             io_owner: (req.options.io_uid, req.options.io_gid),
             kill_all_on_exit: !has_own_pid_namespace(&spec),
+            namespace: req.namespace.to_string(),
+            reaper,
             init: Arc::new(Process::new(req.id, Kind::Init, req.stdio)),
             execs: Mutex::new(HashMap::new()),
         };
-        match container.create_init(&req.options).await {
+        match container.create_init(&req.options, &req.plan).await {
             Ok(()) => Ok(container),
             Err(e) => {
                 // runc may have got as far as creating it; a container it never made is fine.
@@ -101,8 +108,17 @@ impl Container {
         }
     }
 
-    async fn create_init(&self, options: &RuntimeOptions) -> Result<()> {
-        let (opened, child_stdio) = stdio::open(&self.init.stdio, self.io_owner)?;
+    fn open_context<'a>(&'a self, process: &'a Process) -> OpenContext<'a> {
+        OpenContext {
+            owner: self.io_owner,
+            process_id: process.id(),
+            namespace: &self.namespace,
+            reaper: &self.reaper,
+        }
+    }
+
+    async fn create_init(&self, options: &RuntimeOptions, plan: &Plan) -> Result<()> {
+        let (opened, child_stdio) = stdio::open(plan, &self.open_context(&self.init)).await?;
         let pid_file = self.bundle.join(INIT_PID_FILE);
         let opts = CreateOpts {
             pid_file: pid_file.clone(),
@@ -113,7 +129,7 @@ impl Container {
             .create(&self.id, &self.bundle, &opts, child_stdio)
             .await?;
         self.init.set_pid(read_pid(&pid_file)?);
-        self.init.set_io(opened.start(&self.id));
+        self.init.set_io(opened.start(&self.id)?);
         Ok(())
     }
 
@@ -138,7 +154,13 @@ impl Container {
     }
 
     /// Records an exec process, to be run by `start`. `spec` is the OCI process as JSON.
-    pub fn add_exec(&self, exec_id: &str, stdio: StdioPaths, spec: Vec<u8>) -> Result<()> {
+    pub fn add_exec(
+        &self,
+        exec_id: &str,
+        stdio: StdioPaths,
+        plan: Plan,
+        spec: Vec<u8>,
+    ) -> Result<()> {
         let mut execs = self.execs();
         if execs.contains_key(exec_id) {
             return Err(Error::AlreadyExists(format!(
@@ -153,7 +175,14 @@ impl Container {
             )));
         }
         let process = Arc::new(Process::new(&self.id, Kind::Exec(exec_id.into()), stdio));
-        execs.insert(exec_id.to_string(), Exec { process, spec });
+        execs.insert(
+            exec_id.to_string(),
+            Exec {
+                process,
+                spec,
+                plan,
+            },
+        );
         Ok(())
     }
 
@@ -175,17 +204,17 @@ impl Container {
                 self.id
             )));
         }
-        let spec = self
+        let (spec, plan) = self
             .execs()
             .get(exec_id)
-            .map(|e| e.spec.clone())
+            .map(|e| (e.spec.clone(), e.plan.clone()))
             .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} was deleted")))?;
         let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
         std::fs::write(&spec_file, &spec).map_err(|e| {
             Error::Internal(format!("failed to write {}: {e}", spec_file.display()))
         })?;
-        let (opened, child_stdio) = match stdio::open(&process.stdio, self.io_owner) {
+        let (opened, child_stdio) = match stdio::open(&plan, &self.open_context(process)).await {
             Ok(io) => io,
             Err(e) => {
                 let _ = std::fs::remove_file(&spec_file);
@@ -203,7 +232,12 @@ impl Container {
         let _ = std::fs::remove_file(&pid_file);
         let pid = pid?;
         process.set_pid(pid);
-        process.set_io(opened.start(&format!("{}/{exec_id}", self.id)));
+        // A pty that cannot be taken leaves a started process with no streams: it still runs
+        // and is reported; the failure is the shim's, so it is logged, not returned.
+        match opened.start(&format!("{}/{exec_id}", self.id)) {
+            Ok(io) => process.set_io(io),
+            Err(e) => log::error!("streams of exec {exec_id} in {}: {e}", self.id),
+        }
         Ok(pid)
     }
 

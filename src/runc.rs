@@ -27,6 +27,8 @@ pub struct ProcessStdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    /// Where runc sends the master of the process's new pty (`--console-socket`).
+    pub console_socket: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -88,6 +90,9 @@ impl Runc {
         if opts.no_new_keyring {
             cmd.arg("--no-new-keyring");
         }
+        if let Some(socket) = &stdio.console_socket {
+            cmd.arg("--console-socket").arg(socket);
+        }
         cmd.arg(id);
         self.run_with_stdio("create", cmd, stdio).await
     }
@@ -111,8 +116,11 @@ impl Runc {
         cmd.args(["exec", "--detach", "--process"])
             .arg(&opts.process_file)
             .arg("--pid-file")
-            .arg(&opts.pid_file)
-            .arg(id);
+            .arg(&opts.pid_file);
+        if let Some(socket) = &stdio.console_socket {
+            cmd.arg("--console-socket").arg(socket);
+        }
+        cmd.arg(id);
         self.run_with_stdio("exec", cmd, stdio).await
     }
 

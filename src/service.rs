@@ -17,7 +17,7 @@ use crate::protos::shim_ttrpc::Task;
 use crate::protos::task::ProcessInfo;
 use crate::protos::task::Status as WireStatus;
 use crate::reaper::{Exit, Reaper};
-use crate::stdio::StdioPaths;
+use crate::stdio::{self, StdioPaths};
 use crate::time::timestamp;
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
@@ -148,12 +148,14 @@ impl Service {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
+        let plan = stdio::uri::parse(&stdio)?;
         let create = CreateRequest {
             id: &req.id,
             bundle: Path::new(&req.bundle),
             namespace: &self.namespace,
             rootfs: &req.rootfs,
             stdio,
+            plan,
             options,
         };
         let reservation = self.reserve(&req.id)?;
@@ -286,7 +288,8 @@ impl Service {
             stderr: req.stderr,
             terminal: req.terminal,
         };
-        container.add_exec(&req.exec_id, stdio, spec)?;
+        let plan = stdio::uri::parse(&stdio)?;
+        container.add_exec(&req.exec_id, stdio, plan, spec)?;
         let event = TaskExecAdded {
             container_id: req.id,
             exec_id: req.exec_id,
@@ -359,6 +362,15 @@ impl Service {
             }
         }
         Ok(())
+    }
+
+    fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
+        let (_, process) = self.process(&req.id, &req.exec_id)?;
+        match process.io() {
+            Some(io) => io.resize(req.width, req.height),
+            // Not started yet, or no terminal: nothing to resize, as with the Go shim.
+            None => Ok(()),
+        }
     }
 
     async fn wait(self: Arc<Self>, req: WaitRequest) -> Result<WaitResponse> {
@@ -508,8 +520,8 @@ impl Task for TaskService {
         reply("Exec", self.0.exec(req).map(|()| Empty::new()))
     }
 
-    async fn resize_pty(&self, _: &TtrpcContext, _: ResizePtyRequest) -> ttrpc::Result<Empty> {
-        unimplemented("ResizePty")
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> ttrpc::Result<Empty> {
+        reply("ResizePty", self.0.resize_pty(req).map(|()| Empty::new()))
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> ttrpc::Result<Empty> {

@@ -6,9 +6,20 @@
 //! test); arguments that are not flags filter tests by name.
 
 mod common;
+#[path = "e2e/direct.rs"]
+mod direct_tests;
+#[path = "e2e/exec.rs"]
+mod exec;
+#[path = "e2e/logs.rs"]
+mod logs;
+#[path = "e2e/tty.rs"]
+mod tty;
 
 use common::direct::DirectShim;
 use common::*;
+use direct_tests::*;
+use exec::*;
+use logs::*;
 use shim::protos::shim::{
     CreateTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
 };
@@ -17,6 +28,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
+use tty::*;
 
 type Test = fn(&mut Ctx) -> TestResult;
 
@@ -41,6 +53,26 @@ const TESTS: &[(&str, Test)] = tests![
     start_options_are_the_default_for_create,
     output_waits_for_a_consumer_that_comes_back,
     stdin_survives_a_client_that_dies,
+    exec_gives_output_and_exit_code,
+    exec_events_carry_the_exec_id_in_order,
+    pids_name_the_exec,
+    duplicate_exec_id_is_refused,
+    exec_after_init_exit_is_refused,
+    exec_of_a_missing_binary_fails_clearly,
+    exec_args_of_128kib_arrive_whole,
+    fifty_concurrent_execs_keep_their_own_output,
+    init_exit_kills_host_pid_children,
+    exec_exits_come_before_the_init_delete,
+    exec_stdin_arrives_and_ends_with_close_io,
+    tty_run_is_a_terminal_and_ends_on_ctrl_d,
+    tty_exec_follows_a_resize,
+    tty_exec_32mib_arrives_whole,
+    file_log_uri_gets_every_byte,
+    binary_log_uri_gets_every_byte,
+    binary_v2_log_uri_gets_every_byte,
+    a_logger_that_never_gets_ready_is_a_clear_error,
+    requests_cut_off_by_their_deadline_still_finish,
+    a_thousand_execs_leak_nothing,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -347,7 +379,7 @@ fn killed_shim_is_cleaned_up(ctx: &mut Ctx) -> TestResult {
     Ok(())
 }
 
-fn shim_binary(ctx: &Ctx) -> String {
+pub fn shim_binary(ctx: &Ctx) -> String {
     if ctx.runtime == OURS {
         SHIM_BIN.to_string()
     } else {
@@ -896,6 +928,22 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         "inspect_runtime_reports_the_shim" if line.starts_with("1.") => Some(format!(
             "ctr {line} has no `plugins inspect-runtime` and containerd {line} never runs `-info`"
         )),
+        "binary_v2_log_uri_gets_every_byte" | "a_logger_that_never_gets_ready_is_a_clear_error"
+            if runtime == GO_SHIM =>
+        {
+            Some(format!(
+                "containerd {line}'s Go shim has no binary-v2:// (it came with 2.2), and waits \
+                 without limit for a binary:// logger"
+            ))
+        }
+        "requests_cut_off_by_their_deadline_still_finish" if runtime == GO_SHIM => Some(
+            "containerd's Go shim abandons a Create whose deadline passes (State then answers \
+             NotFound): a known difference, where ours finishes it"
+                .into(),
+        ),
+        "a_thousand_execs_leak_nothing" if line != "1.6" => {
+            Some("drives the shim directly, without containerd: run once, on the 1.6 line".into())
+        }
         "start_options_are_the_default_for_create" if runtime == GO_SHIM => {
             Some("the Go shim takes only ShimCgroup from start's options".into())
         }

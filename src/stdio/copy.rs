@@ -42,6 +42,31 @@ pub async fn splice_all(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io:
     }
 }
 
+/// Copies from the pipe `src` into the regular file `dst` until `src` reports end of file.
+/// splice(2) refuses files opened for appending (EINVAL), and appending is what keeps other
+/// writers of the same log intact, so this one reads and writes through a buffer. A file
+/// cannot be polled (it is always ready): only the pipe is waited on.
+pub async fn append_to_file(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
+    let src = register(src, Interest::READABLE)?;
+    let mut file = std::fs::File::from(dst);
+    let mut buf = vec![0u8; 64 << 10];
+    let mut total = 0u64;
+    loop {
+        let mut readable = src.readable().await?;
+        match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(src.get_ref()), &mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => {
+                std::io::Write::write_all(&mut file, &buf[..n])?;
+                total += n as u64;
+                progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => readable.clear_ready(),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open and the same for the
     // registration's whole life.

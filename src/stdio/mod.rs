@@ -1,19 +1,27 @@
-//! A process's standard streams: the client's FIFOs on one side, runc's pipes on the other,
-//! and the copies between them. Not terminals (a later issue) and not URIs other than paths.
+//! A process's standard streams: the client's FIFOs, a log file or a logging program on one
+//! side, runc's pipes or the pty master on the other, and the copies between them.
 
+pub mod binary;
+pub mod console;
 pub mod copy;
 pub mod fifo;
+pub mod uri;
 
 use crate::error::{Error, Result};
+use crate::reaper::Reaper;
 use crate::runc::ProcessStdio;
+use console::ConsoleSocket;
 use nix::fcntl::OFlag;
 use nix::unistd::pipe2;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::task::JoinHandle;
+pub use uri::{Output, Plan};
 
 /// The stream paths of a create or exec request; an empty path means no stream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,10 +32,30 @@ pub struct StdioPaths {
     pub terminal: bool,
 }
 
+/// Where an output pipe's bytes go.
+pub enum Sink {
+    Fifo(OwnedFd),
+    /// A regular file opened for appending.
+    File(OwnedFd),
+}
+
 /// The shim's side of the streams, opened before runc runs and not yet copying.
-pub struct OpenedIo {
-    stdin: Option<(OwnedFd, OwnedFd, OwnedFd)>,
-    outputs: Vec<(OwnedFd, OwnedFd)>,
+pub enum OpenedIo {
+    Pipes {
+        /// The stdin FIFO's read end and held write end, and the pipe the process reads.
+        stdin: Option<(OwnedFd, OwnedFd, OwnedFd)>,
+        /// Each output pipe's read end and where it goes.
+        outputs: Vec<(OwnedFd, Sink)>,
+        /// A logging program that reads the output pipes itself.
+        logger: Option<binary::Logger>,
+    },
+    /// The process gets a pty from runc; its master comes over the socket. stdout and stderr
+    /// are one stream on a terminal: only the stdout FIFO gets it.
+    Terminal {
+        socket: ConsoleSocket,
+        stdin: Option<(OwnedFd, OwnedFd)>,
+        stdout: Option<OwnedFd>,
+    },
 }
 
 /// The running copies of one process.
@@ -37,55 +65,145 @@ pub struct ProcessIo {
     output_copies: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
     /// Bytes the output copies have moved, to tell a slow drain from a stuck one.
     output_progress: Arc<AtomicU64>,
+    /// The pty master while the output copy holds it; it closes when the terminal hangs up.
+    console: Option<Weak<AsyncFd<OwnedFd>>>,
+    /// Dropped with the streams: a logging program still running is then stopped.
+    _logger_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
-/// Opens the FIFOs and makes the pipes runc hands to the process. The process's ends belong to
-/// `owner` (the io_uid/io_gid options), so a process in a user namespace can reopen them.
-pub fn open(paths: &StdioPaths, owner: (u32, u32)) -> Result<(OpenedIo, ProcessStdio)> {
-    if paths.terminal {
-        return Err(Error::Unimplemented(
-            "terminal processes are not supported yet".into(),
-        ));
+/// What opening a process's streams needs besides the plan.
+pub struct OpenContext<'a> {
+    /// Owner of the process's ends of the pipes (io_uid/io_gid), so that a process in a user
+    /// namespace can reopen them.
+    pub owner: (u32, u32),
+    /// The process's id for a logging program: the container's for init, else the exec's.
+    pub process_id: &'a str,
+    pub namespace: &'a str,
+    pub reaper: &'a Arc<Reaper>,
+}
+
+/// Opens the FIFOs, file or logging program of `plan` and makes the pipes (or the console
+/// socket) runc hands to the process.
+pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, ProcessStdio)> {
+    let stdin = match &plan.stdin {
+        Some(path) => Some(fifo::open_stdin(path)?),
+        None => None,
+    };
+    if plan.terminal {
+        let Output::Fifos { stdout, .. } = &plan.output else {
+            return Err(Error::InvalidArgument(
+                "a terminal's output must go to a FIFO".into(),
+            ));
+        };
+        let stdout = match stdout {
+            Some(path) => Some(fifo::open_output(path)?),
+            None => None,
+        };
+        let socket = ConsoleSocket::new()?;
+        let child = ProcessStdio {
+            console_socket: Some(socket.path().to_path_buf()),
+            ..Default::default()
+        };
+        let opened = OpenedIo::Terminal {
+            socket,
+            stdin,
+            stdout,
+        };
+        return Ok((opened, child));
     }
     let mut child = ProcessStdio::default();
-    let mut opened = OpenedIo {
-        stdin: None,
-        outputs: Vec::new(),
-    };
-    if let Some(path) = stream_path(&paths.stdin)? {
-        let (fifo_reader, holder) = fifo::open_stdin(path)?;
-        let (pipe_r, pipe_w) = pipe()?;
-        set_nonblocking(&pipe_w)?;
-        give_to(&pipe_r, owner)?;
-        child.stdin = Some(pipe_r);
-        opened.stdin = Some((fifo_reader, holder, pipe_w));
-    }
-    for (path, slot) in [
-        (&paths.stdout, &mut child.stdout),
-        (&paths.stderr, &mut child.stderr),
-    ] {
-        if let Some(path) = stream_path(path)? {
-            let fifo = fifo::open_output(path)?;
+    let stdin = match stdin {
+        Some((fifo_reader, holder)) => {
             let (pipe_r, pipe_w) = pipe()?;
-            set_nonblocking(&pipe_r)?;
-            give_to(&pipe_w, owner)?;
-            *slot = Some(pipe_w);
-            opened.outputs.push((pipe_r, fifo));
+            set_nonblocking(&pipe_w)?;
+            give_to(&pipe_r, cx.owner)?;
+            child.stdin = Some(pipe_r);
+            Some((fifo_reader, holder, pipe_w))
+        }
+        None => None,
+    };
+    let mut outputs = Vec::new();
+    let mut logger = None;
+    match &plan.output {
+        Output::Fifos { stdout, stderr } => {
+            for (path, slot) in [(stdout, &mut child.stdout), (stderr, &mut child.stderr)] {
+                if let Some(path) = path {
+                    let fifo = fifo::open_output(path)?;
+                    let (pipe_r, pipe_w) = output_pipe(cx.owner)?;
+                    *slot = Some(pipe_w);
+                    outputs.push((pipe_r, Sink::Fifo(fifo)));
+                }
+            }
+        }
+        Output::File(path) => {
+            let file = open_log_file(path)?;
+            // One pipe for both streams keeps their lines in the order they were written.
+            let (pipe_r, pipe_w) = output_pipe(cx.owner)?;
+            child.stderr =
+                Some(pipe_w.try_clone().map_err(|e| {
+                    Error::Internal(format!("failed to share the output pipe: {e}"))
+                })?);
+            child.stdout = Some(pipe_w);
+            outputs.push((pipe_r, Sink::File(file)));
+        }
+        Output::Binary {
+            path,
+            args,
+            needs_ready_byte,
+        } => {
+            // Blocking pipes: the program reads them as any program reads its input.
+            let (out_r, out_w) = pipe()?;
+            let (err_r, err_w) = pipe()?;
+            give_to(&out_w, cx.owner)?;
+            give_to(&err_w, cx.owner)?;
+            let spec = binary::Spec {
+                path,
+                args,
+                needs_ready_byte: *needs_ready_byte,
+                process_id: cx.process_id,
+                namespace: cx.namespace,
+            };
+            logger = Some(binary::start(&spec, cx.reaper, out_r, err_r).await?);
+            child.stdout = Some(out_w);
+            child.stderr = Some(err_w);
         }
     }
-    Ok((opened, child))
+    Ok((
+        OpenedIo::Pipes {
+            stdin,
+            outputs,
+            logger,
+        },
+        child,
+    ))
 }
 
-fn stream_path(path: &str) -> Result<Option<&Path>> {
-    if path.is_empty() {
-        return Ok(None);
+/// A pipe for one output: our read end non-blocking, the process's end given to `owner`.
+fn output_pipe(owner: (u32, u32)) -> Result<(OwnedFd, OwnedFd)> {
+    let (pipe_r, pipe_w) = pipe()?;
+    set_nonblocking(&pipe_r)?;
+    give_to(&pipe_w, owner)?;
+    Ok((pipe_r, pipe_w))
+}
+
+/// The `file://` target, its directory made as needed, opened for appending.
+fn open_log_file(path: &Path) -> Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::InvalidArgument(format!("failed to create log dir {}: {e}", dir.display()))
+        })?;
     }
-    if path.contains("://") {
-        return Err(Error::Unimplemented(format!(
-            "stdio URI {path:?} is not supported yet; give a fifo path"
-        )));
-    }
-    Ok(Some(Path::new(path)))
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|e| {
+            Error::InvalidArgument(format!("failed to open log file {}: {e}", path.display()))
+        })
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -116,40 +234,142 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<()> {
 
 impl OpenedIo {
     /// Starts copying; call once runc has the process's ends (and has let go of them).
-    pub fn start(self, name: &str) -> ProcessIo {
-        let mut holder = None;
-        let stdin_copy = self.stdin.map(|(fifo_reader, fifo_holder, pipe_w)| {
-            holder = Some(fifo_holder);
-            let name = name.to_string();
-            tokio::spawn(async move {
-                let ignored = AtomicU64::new(0);
-                if let Err(e) = copy::splice_all(fifo_reader, pipe_w, &ignored).await {
-                    // The process closing its stdin early is normal.
-                    log::debug!("stdin copy of {name} ended: {e}");
-                }
-            })
-        });
-        let output_progress = Arc::new(AtomicU64::new(0));
-        let outputs = self
-            .outputs
-            .into_iter()
-            .map(|(pipe_r, fifo)| {
-                let name = name.to_string();
-                let progress = output_progress.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = copy::splice_all(pipe_r, fifo, &progress).await {
-                        log::warn!("output copy of {name} failed: {e}");
-                    }
-                })
-            })
-            .collect();
-        ProcessIo {
-            stdin_holder: Mutex::new(holder),
-            stdin_copy,
-            output_copies: tokio::sync::Mutex::new(outputs),
-            output_progress,
+    pub fn start(self, name: &str) -> Result<ProcessIo> {
+        match self {
+            OpenedIo::Pipes {
+                stdin,
+                outputs,
+                logger,
+            } => Ok(start_pipes(name, stdin, outputs, logger)),
+            OpenedIo::Terminal {
+                socket,
+                stdin,
+                stdout,
+            } => start_terminal(name, &socket, stdin, stdout),
         }
     }
+}
+
+fn start_pipes(
+    name: &str,
+    stdin: Option<(OwnedFd, OwnedFd, OwnedFd)>,
+    outputs: Vec<(OwnedFd, Sink)>,
+    logger: Option<binary::Logger>,
+) -> ProcessIo {
+    let mut holder = None;
+    let stdin_copy = stdin.map(|(fifo_reader, fifo_holder, pipe_w)| {
+        holder = Some(fifo_holder);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let ignored = AtomicU64::new(0);
+            if let Err(e) = copy::splice_all(fifo_reader, pipe_w, &ignored).await {
+                // The process closing its stdin early is normal.
+                log::debug!("stdin copy of {name} ended: {e}");
+            }
+        })
+    });
+    let output_progress = Arc::new(AtomicU64::new(0));
+    let mut copies: Vec<JoinHandle<()>> = outputs
+        .into_iter()
+        .map(|(pipe_r, sink)| {
+            let name = name.to_string();
+            let progress = output_progress.clone();
+            tokio::spawn(async move {
+                let copied = match sink {
+                    Sink::Fifo(fifo) => copy::splice_all(pipe_r, fifo, &progress).await,
+                    Sink::File(file) => copy::append_to_file(pipe_r, file, &progress).await,
+                };
+                if let Err(e) = copied {
+                    log::warn!("output copy of {name} failed: {e}");
+                }
+            })
+        })
+        .collect();
+    // A logging program's output is drained when it has gone: it reads the pipes itself.
+    let logger_stop = logger.map(|logger| {
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        logger.supervise(stop_rx, done_tx);
+        copies.push(tokio::spawn(async move {
+            let _ = done_rx.await;
+        }));
+        stop_tx
+    });
+    ProcessIo {
+        stdin_holder: Mutex::new(holder),
+        stdin_copy,
+        output_copies: tokio::sync::Mutex::new(copies),
+        output_progress,
+        console: None,
+        _logger_stop: logger_stop,
+    }
+}
+
+fn start_terminal(
+    name: &str,
+    socket: &ConsoleSocket,
+    stdin: Option<(OwnedFd, OwnedFd)>,
+    stdout: Option<OwnedFd>,
+) -> Result<ProcessIo> {
+    let master = socket.receive()?;
+    let master = console::register(master, Interest::READABLE | Interest::WRITABLE)
+        .map(Arc::new)
+        .map_err(|e| Error::Internal(format!("failed to watch the pty of {name}: {e}")))?;
+    let output_progress = Arc::new(AtomicU64::new(0));
+    // The output copy owns the master: when the terminal hangs up (the process and everything
+    // that shared its pty are gone) the copy ends and the master closes with it.
+    let hung_up = Arc::new(tokio::sync::Notify::new());
+    let output = {
+        let (master, progress, hung_up) =
+            (master.clone(), output_progress.clone(), hung_up.clone());
+        let name = name.to_string();
+        let stdout = stdout
+            .map(|fd| console::register(fd, Interest::WRITABLE))
+            .transpose()
+            .map_err(|e| Error::Internal(format!("failed to watch the stdout of {name}: {e}")))?;
+        tokio::spawn(async move {
+            // With no stdout the pty is still read, or the process would block on a full one.
+            let result = console::copy(&master, stdout.as_ref(), &progress).await;
+            if let Err(e) = result {
+                log::warn!("terminal output copy of {name} failed: {e}");
+            }
+            hung_up.notify_one();
+        })
+    };
+    let mut holder = None;
+    let stdin_copy = match stdin {
+        Some((fifo_reader, fifo_holder)) => {
+            holder = Some(fifo_holder);
+            let reader = console::register(fifo_reader, Interest::READABLE).map_err(|e| {
+                Error::Internal(format!("failed to watch the stdin of {name}: {e}"))
+            })?;
+            let weak = Arc::downgrade(&master);
+            let name = name.to_string();
+            Some(tokio::spawn(async move {
+                let ignored = AtomicU64::new(0);
+                let Some(master) = weak.upgrade() else { return };
+                tokio::select! {
+                    result = console::copy(&reader, Some(&master), &ignored) => {
+                        if let Err(e) = result {
+                            log::debug!("terminal input copy of {name} ended: {e}");
+                        }
+                    }
+                    () = hung_up.notified() => {}
+                }
+            }))
+        }
+        None => None,
+    };
+    let console = Some(Arc::downgrade(&master));
+    drop(master);
+    Ok(ProcessIo {
+        stdin_holder: Mutex::new(holder),
+        stdin_copy,
+        output_copies: tokio::sync::Mutex::new(vec![output]),
+        output_progress,
+        console,
+        _logger_stop: None,
+    })
 }
 
 impl ProcessIo {
@@ -160,6 +380,16 @@ impl ProcessIo {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+    }
+
+    /// Sets the window size of the process's terminal; a process without one (or whose
+    /// terminal has hung up) has nothing to resize.
+    pub fn resize(&self, width: u32, height: u32) -> Result<()> {
+        let Some(master) = self.console.as_ref().and_then(Weak::upgrade) else {
+            return Ok(());
+        };
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        console::resize(master.get_ref(), clamp(width), clamp(height))
     }
 
     /// Waits until stdout and stderr have reached end of file and were flushed to the FIFOs;
@@ -216,20 +446,32 @@ mod tests {
         path
     }
 
+    async fn open_now(paths: &StdioPaths, owner: (u32, u32)) -> (OpenedIo, ProcessStdio) {
+        let (reaper, _) = Reaper::new();
+        let cx = OpenContext {
+            owner,
+            process_id: "test",
+            namespace: "test",
+            reaper: &reaper,
+        };
+        let plan = uri::parse(paths).unwrap();
+        open(&plan, &cx).await.unwrap()
+    }
+
     /// Copies of a process whose stdout goes to the FIFO at `path`, and the process's ends.
-    fn stdout_to(path: &std::path::Path) -> (ProcessIo, ProcessStdio) {
+    async fn stdout_to(path: &std::path::Path) -> (ProcessIo, ProcessStdio) {
         let paths = StdioPaths {
             stdout: path.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (opened, child) = open(&paths, (0, 0)).unwrap();
-        (opened.start("test"), child)
+        let (opened, child) = open_now(&paths, (0, 0)).await;
+        (opened.start("test").unwrap(), child)
     }
 
     #[tokio::test]
     async fn drain_gives_up_only_when_a_stream_stays_open_without_progress() {
         let path = fifo_in_temp("held");
-        let (io, child) = stdout_to(&path);
+        let (io, child) = stdout_to(&path).await;
         // The write end stands for a process that outlives the one that exited.
         let held = child.stdout.unwrap();
         assert!(!io.drained(Duration::from_millis(300)).await);
@@ -238,8 +480,8 @@ mod tests {
         std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     }
 
-    #[test]
-    fn the_process_ends_of_the_pipes_belong_to_the_io_owner() {
+    #[tokio::test]
+    async fn the_process_ends_of_the_pipes_belong_to_the_io_owner() {
         let dir = fifo_in_temp("owner");
         let stdin = dir.with_file_name("stdin");
         nix::unistd::mkfifo(&stdin, Mode::from_bits_truncate(0o600)).unwrap();
@@ -248,7 +490,7 @@ mod tests {
             stdout: dir.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (_opened, child) = open(&paths, (4321, 8765)).unwrap();
+        let (_opened, child) = open_now(&paths, (4321, 8765)).await;
         for fd in [child.stdin.unwrap(), child.stdout.unwrap()] {
             let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
             assert_eq!((st.st_uid, st.st_gid), (4321, 8765));
@@ -259,7 +501,7 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_output_that_keeps_flowing() {
         let path = fifo_in_temp("flow");
-        let (io, child) = stdout_to(&path);
+        let (io, child) = stdout_to(&path).await;
         let mut consumer = std::fs::File::open(&path).unwrap();
         let writer = std::thread::spawn(move || {
             let mut out = std::fs::File::from(child.stdout.unwrap());

@@ -40,6 +40,9 @@ task_calls! {
     kill, "Kill", KillRequest, protobuf::well_known_types::empty::Empty;
     wait, "Wait", WaitRequest, WaitResponse;
     connect, "Connect", ConnectRequest, ConnectResponse;
+    exec, "Exec", ExecProcessRequest, protobuf::well_known_types::empty::Empty;
+    close_io, "CloseIO", CloseIORequest, protobuf::well_known_types::empty::Empty;
+    pids, "Pids", PidsRequest, PidsResponse;
     shutdown, "Shutdown", ShutdownRequest, protobuf::well_known_types::empty::Empty;
 }
 
@@ -218,6 +221,23 @@ impl DirectShim {
         ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
     }
 
+    /// A request context whose deadline passes almost at once.
+    pub fn hasty() -> ttrpc::context::Context {
+        ttrpc::context::with_timeout(Duration::from_millis(1).as_nanos() as i64)
+    }
+
+    /// The shim's own pid (from Connect).
+    pub fn pid(&self) -> Result<i32, String> {
+        let req = ConnectRequest {
+            id: self.scratch.first_id.clone(),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.client.connect(Self::ctx(), &req))
+            .map(|r| r.shim_pid as i32)
+            .map_err(|e| format!("Connect: {e}"))
+    }
+
     /// The topics published so far for container `id` (the events carry it in their payload;
     /// the recorder keeps topics in arrival order).
     pub fn topics(&self) -> Vec<String> {
@@ -249,7 +269,8 @@ impl Drop for DirectShim {
     }
 }
 
-fn make_bundle(dir: &Path, id: &str, args: &[&str]) -> Result<PathBuf, String> {
+/// A bundle `dir/id` with a busybox rootfs and runc's default spec running `args`.
+pub fn make_bundle(dir: &Path, id: &str, args: &[&str]) -> Result<PathBuf, String> {
     let bundle = dir.join(id);
     let rootfs = bundle.join("rootfs");
     fs::create_dir_all(rootfs.join("bin")).map_err(|e| e.to_string())?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod direct;
+pub mod tty;
 
 use std::fs;
 use std::io::Read;
@@ -560,4 +561,108 @@ pub fn lines_in_background(r: impl Read + Send + 'static) -> std::sync::mpsc::Re
         }
     });
     rx
+}
+
+/// One event from `ctr events`: its topic and its payload as JSON (zero values are omitted).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub topic: String,
+    pub body: serde_json::Value,
+}
+
+impl Event {
+    fn parse(line: &str) -> Option<Event> {
+        let topic = line.split_whitespace().find(|w| w.starts_with('/'))?;
+        let body = serde_json::from_str(&line[line.find('{')?..]).ok()?;
+        Some(Event {
+            topic: topic.to_string(),
+            body,
+        })
+    }
+
+    pub fn container(&self) -> &str {
+        self.body["container_id"].as_str().unwrap_or("")
+    }
+
+    /// The process id of an exit event (exec id, or the container id for init), or the exec
+    /// id of an exec event.
+    pub fn process(&self) -> &str {
+        self.body["id"]
+            .as_str()
+            .or_else(|| self.body["exec_id"].as_str())
+            .unwrap_or("")
+    }
+
+    pub fn u64(&self, field: &str) -> u64 {
+        self.body[field].as_u64().unwrap_or(0)
+    }
+}
+
+/// A live `ctr events` subscription, killed on drop.
+pub struct Events {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Events {
+    /// The events of container `id`, in arrival order, until `enough` says so or `limit`
+    /// passes; what came by then.
+    pub fn collect(
+        &self,
+        id: &str,
+        limit: Duration,
+        enough: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
+        let deadline = Instant::now() + limit;
+        let mut got = Vec::new();
+        while !enough(&got) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            if let Some(e) = Event::parse(&line).filter(|e| e.container() == id) {
+                got.push(e);
+            }
+        }
+        got
+    }
+}
+
+impl Ctx<'_> {
+    /// Subscribes to the namespace's events; returns once the subscription is live (a label
+    /// change on the namespace, published as an event, has come through it).
+    pub fn events(&self) -> Result<Events, String> {
+        let (child, lines) = self.ctr_streaming(&["events"])?;
+        let events = Events { child, lines };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mark = format!("sync{nanos}");
+        let label = format!("shim-test-sync={mark}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            self.ctr_ok(&["namespaces", "label", &self.ns, &label])?;
+            while let Ok(line) = events.lines.recv_timeout(Duration::from_millis(300)) {
+                if line.contains(&mark) {
+                    return Ok(events);
+                }
+            }
+        }
+        Err("ctr events never showed the namespace label change".into())
+    }
+
+    /// Waits until the task `id` has the status `want` in `ctr tasks ls`.
+    pub fn wait_status(&self, id: &str, want: &str) -> TestResult {
+        eventually(Duration::from_secs(15), || match self.task_status(id) {
+            Some(s) if s == want => Ok(()),
+            other => Err(format!("task {id} status {other:?}, want {want}")),
+        })
+    }
 }

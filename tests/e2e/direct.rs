@@ -1,0 +1,221 @@
+//! Tests that drive the shim directly over ttrpc, where containerd would stand between the
+//! test and what it checks: requests cut off by their deadline, and exec churn measured on
+//! the shim process itself.
+
+use crate::common::direct::DirectShim;
+use crate::common::*;
+use crate::ensure;
+use crate::shim_binary;
+use shim::protos::shim::*;
+use shim::protos::task::Status as TaskStatus;
+use std::time::Duration;
+
+fn state(sh: &DirectShim, id: &str, exec_id: &str) -> Result<StateResponse, String> {
+    let req = StateRequest {
+        id: id.into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(sh.client.state(DirectShim::ctx(), &req))
+        .map_err(|e| format!("State {id} {exec_id}: {e}"))
+}
+
+fn wait_for_status(sh: &DirectShim, id: &str, want: TaskStatus) -> TestResult {
+    eventually(Duration::from_secs(20), || {
+        let s = state(sh, id, "")?;
+        ensure!(
+            s.status.value() == want as i32,
+            "{id} is {:?}, want {want:?}",
+            s.status
+        );
+        Ok(())
+    })
+}
+
+/// A Create and a Start whose deadlines pass while they run still finish: the task reaches
+/// RUNNING, and then a clean end (nothing is stuck in Starting or half-created).
+pub fn requests_cut_off_by_their_deadline_still_finish(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "hasty", &["sleep", "1000"])?;
+    let c = &sh.client;
+    let create = CreateTaskRequest {
+        id: "hasty".into(),
+        bundle: sh.bundle_path("hasty").to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    let r = sh.rt.block_on(c.create(DirectShim::hasty(), &create));
+    ensure!(r.is_err(), "a Create with a 1 ms deadline answered in time");
+    wait_for_status(&sh, "hasty", TaskStatus::CREATED)?;
+    let start = StartRequest {
+        id: "hasty".into(),
+        ..Default::default()
+    };
+    let r = sh.rt.block_on(c.start(DirectShim::hasty(), &start));
+    ensure!(r.is_err(), "a Start with a 1 ms deadline answered in time");
+    wait_for_status(&sh, "hasty", TaskStatus::RUNNING)?;
+    let kill = KillRequest {
+        id: "hasty".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.kill(DirectShim::ctx(), &kill))
+        .map_err(|e| format!("Kill: {e}"))?;
+    let wait = WaitRequest {
+        id: "hasty".into(),
+        ..Default::default()
+    };
+    let waited = sh
+        .rt
+        .block_on(c.wait(DirectShim::ctx(), &wait))
+        .map_err(|e| format!("Wait: {e}"))?;
+    ensure!(
+        waited.exit_status == 137,
+        "exit status {}",
+        waited.exit_status
+    );
+    let delete = DeleteRequest {
+        id: "hasty".into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.delete(DirectShim::ctx(), &delete))
+        .map_err(|e| format!("Delete: {e}"))?;
+    Ok(())
+}
+
+/// The shim's open descriptors and resident memory.
+fn footprint(pid: i32) -> Result<(usize, u64), String> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| e.to_string())?
+        .count();
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or("no VmRSS")?;
+    Ok((fds, rss))
+}
+
+const EXEC_SPEC: &str =
+    r#"{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0},"env":["PATH=/bin"]}"#;
+
+/// 1000 execs one after another on one container: the shim holds no more descriptors after
+/// them than after the first 50, and its memory stays within a page-allocator's slack.
+pub fn a_thousand_execs_leak_nothing(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "churn", &["sleep", "1000"])?;
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    let create = CreateTaskRequest {
+        id: "churn".into(),
+        bundle: sh.bundle_path("churn").to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.create(cx(), &create))
+        .map_err(|e| format!("Create: {e}"))?;
+    let start = |exec_id: &str| StartRequest {
+        id: "churn".into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.start(cx(), &start("")))
+        .map_err(|e| format!("Start: {e}"))?;
+    let pid = sh.pid()?;
+    let mut spec = protobuf::well_known_types::any::Any::new();
+    spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+    spec.value = EXEC_SPEC.as_bytes().to_vec();
+    let mut after_50 = (0, 0);
+    let began = std::time::Instant::now();
+    for i in 0..1000 {
+        let exec_id = format!("x{i}");
+        let exec = ExecProcessRequest {
+            id: "churn".into(),
+            exec_id: exec_id.clone(),
+            spec: protobuf::MessageField::some(spec.clone()),
+            ..Default::default()
+        };
+        sh.rt
+            .block_on(c.exec(cx(), &exec))
+            .map_err(|e| format!("Exec {exec_id}: {e}"))?;
+        sh.rt
+            .block_on(c.start(cx(), &start(&exec_id)))
+            .map_err(|e| format!("Start {exec_id}: {e}"))?;
+        let wait = WaitRequest {
+            id: "churn".into(),
+            exec_id: exec_id.clone(),
+            ..Default::default()
+        };
+        let waited = sh
+            .rt
+            .block_on(c.wait(cx(), &wait))
+            .map_err(|e| format!("Wait {exec_id}: {e}"))?;
+        ensure!(
+            waited.exit_status == 0,
+            "{exec_id} exited {}",
+            waited.exit_status
+        );
+        let delete = DeleteRequest {
+            id: "churn".into(),
+            exec_id: exec_id.clone(),
+            ..Default::default()
+        };
+        sh.rt
+            .block_on(c.delete(cx(), &delete))
+            .map_err(|e| format!("Delete {exec_id}: {e}"))?;
+        if i == 49 {
+            after_50 = footprint(pid)?;
+        }
+    }
+    let after_1000 = footprint(pid)?;
+    println!(
+        "    [{}] 1000 execs in {:.1}s; fds {} -> {}, RSS {} -> {} KiB",
+        ctx.runtime,
+        began.elapsed().as_secs_f64(),
+        after_50.0,
+        after_1000.0,
+        after_50.1,
+        after_1000.1
+    );
+    ensure!(
+        after_1000.0 <= after_50.0,
+        "open fds grew from {} to {}",
+        after_50.0,
+        after_1000.0
+    );
+    ensure!(
+        after_1000.1 <= after_50.1 + 512,
+        "RSS grew from {} to {} KiB",
+        after_50.1,
+        after_1000.1
+    );
+    let kill = KillRequest {
+        id: "churn".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.kill(cx(), &kill))
+        .map_err(|e| format!("Kill: {e}"))?;
+    sh.rt
+        .block_on(c.wait(
+            cx(),
+            &WaitRequest {
+                id: "churn".into(),
+                ..Default::default()
+            },
+        ))
+        .map_err(|e| format!("Wait: {e}"))?;
+    sh.rt
+        .block_on(c.delete(
+            cx(),
+            &DeleteRequest {
+                id: "churn".into(),
+                ..Default::default()
+            },
+        ))
+        .map_err(|e| format!("Delete: {e}"))?;
+    Ok(())
+}

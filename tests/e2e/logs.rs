@@ -1,0 +1,116 @@
+//! Output to a log file (`file://`) or a logging program (`binary://`, `binary-v2://`) through
+//! `ctr run --log-uri`: every byte arrives, the program gets its fds and environment, and a
+//! program that fails to get ready is a clear error.
+
+use crate::common::*;
+use crate::ensure;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What `seq 1 N` prints.
+fn seq(n: u32) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+const SCRIPT: &str = "seq 1 100000; echo err >&2";
+
+fn scratch(ctx: &Ctx, name: &str) -> Result<PathBuf, String> {
+    let dir = ctx.daemon.base.join(format!("{name}-{}", ctx.ns));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+pub fn file_log_uri_gets_every_byte(ctx: &mut Ctx) -> TestResult {
+    let id = ctx.id("logfile");
+    // A directory that does not exist yet: the shim makes it.
+    let file = scratch(ctx, "logs")?.join("new/dir/c.log");
+    let uri = format!("file://{}", file.display());
+    ctx.ctr_ok(&ctx.run_args(&["--rm", "--log-uri", &uri], &id, &["sh", "-c", SCRIPT]))?;
+    let got = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    ensure!(got.contains("err\n"), "no stderr line in the log");
+    let stdout = got.replacen("err\n", "", 1);
+    ensure!(
+        stdout == seq(100_000),
+        "log has {} bytes of stdout, want {}",
+        stdout.len(),
+        seq(100_000).len()
+    );
+    Ok(())
+}
+
+/// A logging program: records its environment, signals readiness as `ready` says, then copies
+/// fd 3 and fd 4 to files in its directory (the value of its `--dir` argument).
+fn logger(dir: &Path, ready: &str) -> Result<PathBuf, String> {
+    let path = dir.join("logger.sh");
+    let script = format!(
+        "#!/bin/sh\n\
+         dir=$2\n\
+         echo \"$CONTAINER_ID $CONTAINER_NAMESPACE $#\" > \"$dir/env\"\n\
+         {ready}\n\
+         cat <&3 > \"$dir/out\" &\n\
+         cat <&4 > \"$dir/err\" &\n\
+         wait\n"
+    );
+    std::fs::write(&path, script).map_err(|e| e.to_string())?;
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&path, mode).map_err(|e| e.to_string())?;
+    Ok(path)
+}
+
+fn logged(ctx: &mut Ctx, scheme: &str, name: &str) -> TestResult {
+    let id = ctx.id(name);
+    let dir = scratch(ctx, name)?;
+    let program = logger(&dir, "printf x >&5; exec 5>&-")?;
+    let uri = format!("{scheme}://{}?--dir={}", program.display(), dir.display());
+    ctx.ctr_ok(&ctx.run_args(&["--rm", "--log-uri", &uri], &id, &["sh", "-c", SCRIPT]))?;
+    // The program may still be writing when ctr returns.
+    eventually(Duration::from_secs(10), || {
+        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+        ensure!(
+            out == seq(100_000),
+            "logger got {} bytes of stdout, want {}",
+            out.len(),
+            seq(100_000).len()
+        );
+        Ok(())
+    })?;
+    let err = std::fs::read_to_string(dir.join("err")).map_err(|e| e.to_string())?;
+    ensure!(err == "err\n", "logger got stderr {err:?}");
+    let env = std::fs::read_to_string(dir.join("env")).map_err(|e| e.to_string())?;
+    ensure!(
+        env.trim() == format!("{id} {} 2", ctx.ns),
+        "logger saw CONTAINER_ID, CONTAINER_NAMESPACE and argc {env:?}"
+    );
+    Ok(())
+}
+
+pub fn binary_log_uri_gets_every_byte(ctx: &mut Ctx) -> TestResult {
+    logged(ctx, "binary", "logbin")
+}
+
+pub fn binary_v2_log_uri_gets_every_byte(ctx: &mut Ctx) -> TestResult {
+    logged(ctx, "binary-v2", "logbin2")
+}
+
+/// binary-v2 asks for a byte on fd 5: a program that closes it without one, or never writes,
+/// fails the start with a clear error, and nothing is left behind.
+pub fn a_logger_that_never_gets_ready_is_a_clear_error(ctx: &mut Ctx) -> TestResult {
+    for (name, ready) in [("closes", "exec 5>&-"), ("hangs", "exec sleep 30")] {
+        let id = ctx.id(name);
+        let dir = scratch(ctx, name)?;
+        let program = logger(&dir, ready)?;
+        let uri = format!("binary-v2://{}?--dir={}", program.display(), dir.display());
+        let out = ctx.ctr(&ctx.run_args(&["--rm", "--log-uri", &uri], &id, &["true"]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            !out.status.success(),
+            "a logger that {name} did not fail the run"
+        );
+        ensure!(
+            stderr.contains("did not signal ready") && stderr.contains("logger.sh"),
+            "error for a logger that {name}: {stderr:?}"
+        );
+        let _ = ctx.ctr(&["containers", "rm", &id]);
+    }
+    Ok(())
+}
