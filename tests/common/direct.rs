@@ -21,6 +21,20 @@ pub struct TaskApi {
     service: String,
 }
 
+impl TaskApi {
+    /// A client of the shim listening at `address` (`unix://...`), for the task API version
+    /// it serves.
+    pub async fn dial(address: &str, version: u64) -> Result<TaskApi, String> {
+        let client = ttrpc::r#async::Client::connect(address)
+            .await
+            .map_err(|e| format!("connect {address}: {e}"))?;
+        Ok(TaskApi {
+            client,
+            service: format!("containerd.task.v{version}.Task"),
+        })
+    }
+}
+
 macro_rules! task_calls {
     ($($fn_name:ident, $method:literal, $req:ty, $resp:ty;)*) => {
         impl TaskApi {

@@ -479,23 +479,25 @@ impl<'a> Ctx<'a> {
         args
     }
 
-    /// The status column of `ctr tasks ls` for `id`, if listed.
-    pub fn task_status(&self, id: &str) -> Option<String> {
-        let out = self.ctr_ok(&["tasks", "ls"]).ok()?;
-        out.lines().skip(1).find_map(|l| {
+    /// The status column of `ctr tasks ls` for `id`, or None when it is not listed. A failing
+    /// `ctr` (containerd down, say) is an error, never "not listed".
+    pub fn task_status(&self, id: &str) -> Result<Option<String>, String> {
+        let out = self.ctr_ok(&["tasks", "ls"])?;
+        Ok(out.lines().skip(1).find_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             (cols.first() == Some(&id)).then(|| cols.last().unwrap_or(&"").to_string())
-        })
+        }))
     }
 
-    pub fn task_pid(&self, id: &str) -> Option<i32> {
-        let out = self.ctr_ok(&["tasks", "ls"]).ok()?;
-        out.lines().skip(1).find_map(|l| {
+    /// The pid column of `ctr tasks ls` for `id`; an error when `ctr` fails.
+    pub fn task_pid(&self, id: &str) -> Result<Option<i32>, String> {
+        let out = self.ctr_ok(&["tasks", "ls"])?;
+        Ok(out.lines().skip(1).find_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
             (cols.first() == Some(&id))
                 .then(|| cols.get(1)?.parse().ok())
                 .flatten()
-        })
+        }))
     }
 
     /// Removes every task and container of the namespace, then checks nothing of them is left:
@@ -660,7 +662,7 @@ impl Ctx<'_> {
 
     /// Waits until the task `id` has the status `want` in `ctr tasks ls`.
     pub fn wait_status(&self, id: &str, want: &str) -> TestResult {
-        eventually(Duration::from_secs(15), || match self.task_status(id) {
+        eventually(Duration::from_secs(15), || match self.task_status(id)? {
             Some(s) if s == want => Ok(()),
             other => Err(format!("task {id} status {other:?}, want {want}")),
         })
