@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything, then runs the whole test suite: unit tests and the end-to-end tests
 # against a private containerd and real runc, for our shim and for containerd's Go shim.
+# Every group runs even when one fails; the last line counts them all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then
@@ -8,4 +9,15 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 scripts/install.sh
-cargo test --release --locked -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --release --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
+# cargo's lines: "test result: ok. N passed; M failed; ..."; the e2e runner's:
+# "e2e: N passed, M failed, K skipped".
+awk '
+  /^test result:/ { p += $4; f += $6 }
+  /^e2e: [0-9]+ passed/ { p += $2; f += $4; s += $6 }
+  END { printf "all: %d passed, %d failed, %d skipped\n", p, f, s }
+' "$log"
+exit "$status"

@@ -67,6 +67,8 @@ fn info_flag_rejects_malformed_options() {
 fn delete_of_a_bundle_with_nothing_left_reports_a_killed_task() {
     let bundle = std::env::temp_dir().join(format!("cli-delete-{}", std::process::id()));
     std::fs::create_dir_all(&bundle).unwrap();
+    // The pid runc wrote when it created the task: what containerd reports for the task.
+    std::fs::write(bundle.join("init.pid"), "4242").unwrap();
     let out = Command::new(SHIM)
         .args([
             "-namespace",
@@ -89,6 +91,7 @@ fn delete_of_a_bundle_with_nothing_left_reports_a_killed_task() {
     );
     let resp = DeleteResponse::parse_from_bytes(&out.stdout).unwrap();
     assert_eq!(resp.exit_status, 137);
+    assert_eq!(resp.pid, 4242);
     assert!(resp.exited_at.seconds > 0);
 }
 

@@ -885,6 +885,15 @@ fn main() {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
+    if lines.is_empty() {
+        println!("CONTAINERD_VERSIONS names no containerd line: nothing would be tested");
+        std::process::exit(1);
+    }
+    if selected.is_empty() {
+        println!("no end-to-end test matches {filters:?}: nothing would be tested");
+        std::process::exit(1);
+    }
+    sweep_earlier_runs();
     let mut report = Report::default();
     if let Err(e) = check_prerequisites() {
         report.fail(format!("prerequisites: {e}"));
@@ -1035,6 +1044,11 @@ fn run_line(line: &str, selected: &[&(&str, Test)], report: &mut Report) {
                 continue;
             }
             let t0 = std::time::Instant::now();
+            if let Err(e) = daemon.ensure_running() {
+                report.record(name, line, runtime, Outcome::Failed);
+                report.fail(format!("{label}\n    {e}"));
+                continue;
+            }
             match run_one(&mut daemon, name, runtime, *test) {
                 Ok(()) => {
                     report.passed += 1;

@@ -82,10 +82,40 @@ impl Line {
             ));
         }
         let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        Ok(Line {
+        let line = Line {
             name: name.to_string(),
             bin,
-        })
+        };
+        line.check_versions()?;
+        Ok(line)
+    }
+
+    /// Checks that the line's containerd, ctr and Go shim are that line's own, so a line
+    /// never falls back to another's binaries.
+    fn check_versions(&self) -> Result<(), String> {
+        for (tool, flag) in [
+            ("containerd", "--version"),
+            ("ctr", "--version"),
+            ("containerd-shim-runc-v2", "-v"),
+        ] {
+            let path = self.tool(tool);
+            let out = Command::new(&path)
+                .arg(flag)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("containerd {}: {}: {e}", self.name, path.display()))?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let want = format!(" {}.", self.name);
+            let version = text.split_whitespace().find(|w| w.starts_with(&want[1..]));
+            ensure!(
+                version.is_some(),
+                "containerd {}: {} is not of that line: {:?}",
+                self.name,
+                path.display(),
+                text.trim()
+            );
+        }
+        Ok(())
     }
 
     pub fn tool(&self, name: &str) -> PathBuf {
@@ -195,6 +225,19 @@ impl Containerd {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Answers, or is started again; an error names a containerd that stays down.
+    pub fn ensure_running(&mut self) -> Result<(), String> {
+        if self.ctr("default", &["version"]).status.success() {
+            return Ok(());
+        }
+        self.restart().map_err(|e| {
+            format!(
+                "containerd {} is down and did not restart: {e}",
+                self.line.name
+            )
+        })
     }
 
     pub fn restart(&mut self) -> Result<(), String> {
@@ -318,6 +361,52 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String, String>
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Removes what a killed earlier run of the suite left: its daemons and shims, mounts and
+/// scratch directories (each named with the pid of a run that is gone).
+pub fn sweep_earlier_runs() {
+    let Ok(dir) = fs::read_dir("/tmp") else {
+        return;
+    };
+    for entry in dir.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name
+            .strip_prefix("shim-e2e-")
+            .or_else(|| name.strip_prefix("shim-direct-"))
+        else {
+            continue;
+        };
+        let pid: i32 = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        if pid <= 0 || pid_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let text = path.to_string_lossy().into_owned();
+        for left in processes_mentioning(&text) {
+            unsafe { libc::kill(left, libc::SIGKILL) };
+        }
+        unmount_under(&path);
+        let _ = fs::remove_dir_all(&path);
+        println!("removed what an earlier run left in {text}");
+    }
+}
+
+/// Pids of processes with an argument that contains `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|raw| String::from_utf8_lossy(&raw).contains(needle))
+        })
+        .collect()
+}
+
 /// Pids of containerd shim processes whose arguments match.
 pub fn shim_pids(matches: impl Fn(&[&str]) -> bool) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -413,7 +502,13 @@ impl<'a> Ctx<'a> {
         runtime: &'static str,
     ) -> Result<Ctx<'a>, String> {
         let short = if runtime == OURS { "rust" } else { "go" };
-        let ns = format!("{}-{short}-{}", test.replace('_', "-"), daemon.line.tag());
+        // The run's pid keeps a run clear of what a killed earlier run left in runc's root.
+        let ns = format!(
+            "{}-{short}-{}-{}",
+            test.replace('_', "-"),
+            daemon.line.tag(),
+            std::process::id()
+        );
         daemon.import_image(&ns)?;
         Ok(Ctx {
             daemon,
