@@ -4,10 +4,13 @@
 #   - wall time of 256 MiB of container stdout through the shim to ctr
 #   - resident memory (RSS and PSS) of one idle shim serving one sleeping container
 #   - context switches of that idle shim over 10 s (an idle shim should do no periodic work)
+#   - wall time of `ctr tasks exec true` in that container, and the shim's own CPU per exec
+#     (utime + stime of the shim process, not of the runc it runs; mean of EXECS execs)
 # Prints each figure for both, and ours as a ratio of the Go shim's. Figures, not a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
+EXECS=${EXECS:-100}
 . scripts/lib.sh
 [ -x /usr/local/bin/containerd-shim-rustshim-v1 ] || scripts/install.sh >/dev/null
 
@@ -44,14 +47,21 @@ for rt in io.containerd.rustshim.v1 io.containerd.runc.v2; do
   before=$(switches); sleep 10; after=$(switches)
   result[$rt,idle_wakeups_10s]=$(awk 'NR == FNR {b[$1] = $2; next} {d += $2 - ($1 in b ? b[$1] : 0)} END {print d + 0}' \
     <(echo "$before") <(echo "$after"))
+  shim_ticks() { awk '{print $14 + $15}' "/proc/$shim/stat"; }
+  ticks=$(shim_ticks); start=$(now_ns)
+  for i in $(seq "$EXECS"); do c tasks exec --exec-id "e$i" idle true; done
+  result[$rt,exec_ms]=$(( ($(now_ns) - start) / EXECS / 1000000 ))
+  # A tick is 1/CLK_TCK s: microseconds of shim CPU per exec.
+  result[$rt,exec_cpu_us]=$(( ($(shim_ticks) - ticks) * 1000000 / $(getconf CLK_TCK) / EXECS ))
   c tasks kill -s SIGKILL idle >/dev/null; sleep 0.5
   c tasks rm -f idle >/dev/null 2>&1 || true; c containers rm idle >/dev/null
 done
 
 ours=io.containerd.rustshim.v1 go=io.containerd.runc.v2
 printf '%-32s %12s %12s %8s\n' figure rust-v1 runc.v2 ratio
-for f in run_ms stream_ms rss_kib pss_kib idle_wakeups_10s; do
+for f in run_ms stream_ms rss_kib pss_kib idle_wakeups_10s exec_ms exec_cpu_us; do
   a=${result[$ours,$f]} b=${result[$go,$f]}
   printf '%-32s %12s %12s %8s\n' "$f" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", (b>0? a/b : 0)}')"
 done
-echo "(run_ms: mean of $RUNS 'ctr run --rm true'; stream_ms: 256 MiB stdout; rss/pss/wakeups: one idle shim)"
+echo "(run_ms: mean of $RUNS 'ctr run --rm true'; stream_ms: 256 MiB stdout; rss/pss/wakeups: one idle shim;"
+echo " exec_ms, exec_cpu_us: mean of $EXECS 'ctr tasks exec true', wall time and shim CPU)"

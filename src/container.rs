@@ -5,7 +5,7 @@
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::options::RuntimeOptions;
-use crate::process::{Kind, Process};
+use crate::process::{Kind, Process, Status};
 use crate::protos::mount::Mount;
 use crate::reaper::Reaper;
 use crate::runc::{CreateOpts, ExecOpts, Runc};
@@ -168,7 +168,9 @@ impl Container {
                 self.id
             )));
         }
-        if !self.init.is_running() {
+        // As with the Go shim, an exec may join a container whose init is created or running.
+        let init = self.init.snapshot().status;
+        if !matches!(init, Status::Created | Status::Running) {
             return Err(Error::FailedPrecondition(format!(
                 "cannot exec in container {:?}: its init process is not running",
                 self.id
@@ -198,7 +200,8 @@ impl Container {
     }
 
     async fn start_exec(&self, process: &Process, exec_id: &str) -> Result<i32> {
-        if !self.init.is_running() {
+        let init = self.init.snapshot().status;
+        if !matches!(init, Status::Created | Status::Running) {
             return Err(Error::FailedPrecondition(format!(
                 "cannot start exec {exec_id:?}: the init process of {:?} is not running",
                 self.id
@@ -255,13 +258,23 @@ impl Container {
             )));
         }
         let signal = i32::try_from(signal)
-            .ok()
-            .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
-            .ok_or_else(|| Error::InvalidArgument(format!("invalid signal {signal}")))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).map_err(|e| match e {
-            nix::errno::Errno::ESRCH => Error::NotFound("process already finished".into()),
-            e => Error::Internal(format!("failed to signal exec {:?}: {e}", process.id())),
-        })
+            .map_err(|_| Error::InvalidArgument(format!("invalid signal {signal}")))?;
+        // Any number the kernel takes (0 and real-time signals too), as the Go shim passes it.
+        // SAFETY: kill takes plain integers; the pid is the exec's, which has not been reaped
+        // (Kill is refused once its exit is known).
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            return Ok(());
+        }
+        match nix::errno::Errno::last() {
+            nix::errno::Errno::ESRCH => Err(Error::NotFound("process already finished".into())),
+            nix::errno::Errno::EINVAL => {
+                Err(Error::InvalidArgument(format!("invalid signal {signal}")))
+            }
+            e => Err(Error::Internal(format!(
+                "failed to signal exec {:?}: {e}",
+                process.id()
+            ))),
+        }
     }
 
     /// Removes a process that is not running: an exec is forgotten; for init, runc's
@@ -269,6 +282,10 @@ impl Container {
     /// and its exit waited for.
     pub async fn delete(&self, process: &Process, never_started: bool) -> Result<()> {
         if !process.is_init() {
+            if !never_started {
+                // An exec deleted without a Wait: its output drains (bounded) before it goes.
+                let _ = tokio::time::timeout(OUTPUT_IDLE_LIMIT * 5, process.wait()).await;
+            }
             self.execs().remove(process.id());
             return Ok(());
         }
@@ -279,10 +296,17 @@ impl Container {
                 Err(e) => return Err(e),
             }
         }
-        const EXIT_WAIT: Duration = Duration::from_secs(10);
-        tokio::time::timeout(EXIT_WAIT, process.wait())
+        // Past the exec waits and the drain that come before the exit is reported.
+        let limit = EXEC_EXIT_WAIT + OUTPUT_IDLE_LIMIT * 5;
+        tokio::time::timeout(limit, process.wait())
             .await
-            .map_err(|_| Error::Internal("the init process's exit never came".into()))?;
+            .map_err(|_| {
+                Error::Internal(format!(
+                    "the exit of {:?} is still not reported after {limit:?}: its execs or its \
+                 output are still draining",
+                    self.id
+                ))
+            })?;
         self.destroy().await
     }
 
@@ -311,14 +335,17 @@ impl Container {
                     log::debug!("kill --all after the exit of {}: {e}", self.id);
                 }
             }
-            let running: Vec<Arc<Process>> = self
+            // Execs starting now are waited for too: runc exec fails once init has gone, and
+            // one that got in first dies with it. One deadline for all of them.
+            let live: Vec<Arc<Process>> = self
                 .execs()
                 .values()
                 .map(|e| e.process.clone())
-                .filter(|p| p.pid() > 0)
+                .filter(|p| p.is_live())
                 .collect();
-            for exec in running {
-                if tokio::time::timeout(EXEC_EXIT_WAIT, exec.wait())
+            let deadline = tokio::time::Instant::now() + EXEC_EXIT_WAIT;
+            for exec in live {
+                if tokio::time::timeout_at(deadline, exec.wait())
                     .await
                     .is_err()
                 {
@@ -406,7 +433,11 @@ pub fn prepare_exec_spec(json: &[u8], terminal: bool) -> Result<Vec<u8>> {
         ));
     }
     let mut value: serde_json::Value = serde_json::from_slice(json).map_err(malformed)?;
-    value["terminal"] = serde_json::Value::Bool(terminal);
+    // serde reads a struct from an array too; runc wants an object.
+    let object = value.as_object_mut().ok_or_else(|| {
+        Error::InvalidArgument("malformed exec process spec: not a JSON object".into())
+    })?;
+    object.insert("terminal".into(), serde_json::Value::Bool(terminal));
     serde_json::to_vec(&value).map_err(malformed)
 }
 

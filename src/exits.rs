@@ -19,7 +19,8 @@ pub struct ProcessTable<T> {
 }
 
 struct Inner<T> {
-    owners: HashMap<i32, T>,
+    /// Each owner with the mark it claimed under: an exit from before it is not its own.
+    owners: HashMap<i32, (T, u64)>,
     unclaimed: HashMap<i32, Exit>,
 }
 
@@ -44,8 +45,14 @@ impl<T> ProcessTable<T> {
     /// or keeps it for a claim that is still to come.
     pub fn route(&self, exit: Exit) -> Option<(T, Exit)> {
         let mut inner = self.lock();
-        if let Some(owner) = inner.owners.remove(&exit.pid) {
-            return Some((owner, exit));
+        if inner
+            .owners
+            .get(&exit.pid)
+            .is_some_and(|(_, since)| exit.seq > *since)
+        {
+            if let Some((owner, _)) = inner.owners.remove(&exit.pid) {
+                return Some((owner, exit));
+            }
         }
         if inner.unclaimed.len() >= UNCLAIMED_LIMIT {
             if let Some(oldest) = inner.unclaimed.values().map(|e| e.seq).min() {
@@ -64,7 +71,7 @@ impl<T> ProcessTable<T> {
         match inner.unclaimed.remove(&pid) {
             Some(exit) if exit.seq > since => Some(exit),
             _ => {
-                inner.owners.insert(pid, owner);
+                inner.owners.insert(pid, (owner, since));
                 None
             }
         }
@@ -122,6 +129,18 @@ mod tests {
         assert_eq!(table.route(exit(30, 3)), None);
         assert_eq!(table.claim(30, "new", 3), None);
         assert_eq!(table.route(exit(30, 9)).map(|(o, _)| o), Some("new"));
+    }
+
+    #[test]
+    fn an_exit_reaped_before_the_owner_was_spawned_is_not_its_own() {
+        let table = ProcessTable::default();
+        assert_eq!(table.claim(40, "new", 7), None);
+        assert_eq!(
+            table.route(exit(40, 6)),
+            None,
+            "seen before the owner's mark"
+        );
+        assert_eq!(table.route(exit(40, 8)).map(|(o, _)| o), Some("new"));
     }
 
     #[test]

@@ -30,6 +30,9 @@ use std::time::SystemTime;
 use tokio::sync::Notify;
 use ttrpc::r#async::TtrpcContext;
 
+/// The exit status a Wait reports for an exec that runc could not start.
+const FAILED_START_STATUS: i32 = 255;
+
 pub struct Service {
     namespace: String,
     reaper: Arc<Reaper>,
@@ -202,6 +205,15 @@ impl Service {
             Err(e) => {
                 if let Some(exit) = process.abort_start() {
                     self.exited(container, process, exit);
+                } else if !process.is_init() {
+                    // runc refused the exec: it will never run, and its waiters (ctr and CRI
+                    // Wait before they Start) must not wait for ever.
+                    process.give_up(Exit {
+                        pid: 0,
+                        status: FAILED_START_STATUS,
+                        at: SystemTime::now(),
+                        seq: 0,
+                    });
                 }
                 return Err(e);
             }
@@ -375,7 +387,12 @@ impl Service {
 
     async fn wait(self: Arc<Self>, req: WaitRequest) -> Result<WaitResponse> {
         let (_, process) = self.process(&req.id, &req.exec_id)?;
-        let exit = process.wait().await;
+        let exit = process.wait().await.ok_or_else(|| {
+            Error::NotFound(format!(
+                "process {:?} was deleted before it ran",
+                process.id()
+            ))
+        })?;
         Ok(WaitResponse {
             exit_status: exit.status as u32,
             exited_at: MessageField::some(timestamp(exit.at)),

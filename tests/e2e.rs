@@ -10,6 +10,8 @@ mod common;
 mod direct_tests;
 #[path = "e2e/exec.rs"]
 mod exec;
+#[path = "e2e/faults.rs"]
+mod faults;
 #[path = "e2e/logs.rs"]
 mod logs;
 #[path = "e2e/tty.rs"]
@@ -19,6 +21,7 @@ use common::direct::DirectShim;
 use common::*;
 use direct_tests::*;
 use exec::*;
+use faults::*;
 use logs::*;
 use shim::protos::shim::{
     CreateTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
@@ -71,8 +74,14 @@ const TESTS: &[(&str, Test)] = tests![
     binary_log_uri_gets_every_byte,
     binary_v2_log_uri_gets_every_byte,
     a_logger_that_never_gets_ready_is_a_clear_error,
+    a_terminal_can_log_to_a_program,
     requests_cut_off_by_their_deadline_still_finish,
     a_thousand_execs_leak_nothing,
+    waits_on_an_exec_that_never_runs_return,
+    exits_racing_start_are_held_until_the_start_is_announced,
+    a_start_that_fails_after_the_exit_still_reports_it,
+    a_create_that_fails_half_way_leaves_nothing,
+    a_delete_that_fails_can_be_tried_again,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -456,8 +465,9 @@ pub fn shim_binary(ctx: &Ctx) -> String {
     }
 }
 
-/// The call failed, naming `needle`; with our shim, also with the gRPC code containerd expects
-/// (`go_too`: containerd's Go shim answers that code as well).
+/// The call failed; with our shim, with the gRPC code containerd expects and a message naming
+/// `needle` (the id, the path, the cause). `go_too`: containerd's Go shim answers that code as
+/// well (its messages often name nothing: "container not created: not found").
 fn expect_err<T: std::fmt::Debug>(
     ctx: &Ctx,
     what: &str,
@@ -477,11 +487,13 @@ fn expect_err<T: std::fmt::Debug>(
                     s.message()
                 );
             }
-            ensure!(
-                s.message().contains(needle),
-                "{what}: message {:?} does not name {needle:?}",
-                s.message()
-            );
+            if ctx.runtime == OURS {
+                ensure!(
+                    s.message().contains(needle),
+                    "{what}: message {:?} does not name {needle:?}",
+                    s.message()
+                );
+            }
             if ctx.runtime == OURS || go_too {
                 ensure!(
                     s.code() == code,
@@ -550,7 +562,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         r,
         ttrpc::Code::NOT_FOUND,
         true,
-        "",
+        "nosuch",
     )?;
 
     let good = sh.bundle_path("good");
@@ -593,7 +605,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         "Create with a broken config.json",
         &create_request("badcfg", &broken),
         ttrpc::Code::INVALID_ARGUMENT,
-        "",
+        "config.json",
     )?;
 
     let mut no_runc = create_request("norunc", &sh.bundle("norunc", &["true"])?);
@@ -618,7 +630,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         "Create with malformed options",
         &garbled,
         ttrpc::Code::INVALID_ARGUMENT,
-        "",
+        "malformed",
     )?;
 
     let start = StartRequest {
@@ -635,7 +647,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         r,
         ttrpc::Code::FAILED_PRECONDITION,
         false,
-        "",
+        "cannot start",
     )?;
     still_serving("a second Start")?;
 
@@ -650,7 +662,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         r,
         ttrpc::Code::FAILED_PRECONDITION,
         false,
-        "",
+        "running",
     )?;
     still_serving("Delete of a running task")?;
 
@@ -666,7 +678,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         r,
         ttrpc::Code::NOT_FOUND,
         true,
-        "",
+        "nosuch",
     )?;
     let wait_exec = WaitRequest {
         id: "good".into(),
@@ -680,7 +692,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         r,
         ttrpc::Code::NOT_FOUND,
         true,
-        "",
+        "nosuch",
     )?;
     still_serving("requests for unknown ids")?;
 
@@ -715,7 +727,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         r,
         ttrpc::Code::NOT_FOUND,
         true,
-        "",
+        "good",
     )?;
 
     let topics = eventually(Duration::from_secs(10), || {
@@ -733,7 +745,7 @@ fn bad_requests_get_clear_errors(ctx: &mut Ctx) -> TestResult {
         topics == expected,
         "events were {topics:?}, want {expected:?}"
     );
-    Ok(())
+    sh.finish()
 }
 
 /// A process that exits at once may be reaped before `runc start` returns (invariant 1).
@@ -782,21 +794,42 @@ fn exits_racing_start_are_never_lost(ctx: &mut Ctx) -> TestResult {
             .block_on(c.delete(cx(), &delete))
             .map_err(|e| format!("Delete {id}: {e}"))?;
     }
-    let per_task = [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exit",
-        "/tasks/delete",
-    ];
     let topics = eventually(Duration::from_secs(10), || {
         let t = sh.topics();
         ensure!(t.len() >= 80, "{} events so far", t.len());
         Ok(t)
     })?;
     for (n, chunk) in topics.chunks(4).enumerate() {
-        ensure!(chunk == per_task, "events of task {n} were {chunk:?}");
+        ensure!(
+            in_lifecycle_order(ctx, chunk),
+            "events of task {n} were {chunk:?}"
+        );
     }
-    Ok(())
+    sh.finish()
+}
+
+/// Whether one task's events are create, start, exit, delete. Known difference: containerd
+/// 2.1's Go shim now and then publishes /tasks/delete before /tasks/exit (seen in this suite);
+/// accepted from it alone, and reported.
+pub fn in_lifecycle_order(ctx: &Ctx, topics: &[String]) -> bool {
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    if topics == want {
+        return true;
+    }
+    let swapped = [want[0], want[1], want[3], want[2]];
+    let go_swap = ctx.runtime == GO_SHIM && ctx.daemon.line.name == "2.1" && topics == swapped;
+    if go_swap {
+        println!(
+            "    [{}] published /tasks/delete before /tasks/exit",
+            ctx.runtime
+        );
+    }
+    go_swap
 }
 
 const DEFAULT_LINES: &str = "1.6,1.7,2.1";
@@ -867,7 +900,7 @@ fn start_options_are_the_default_for_create(ctx: &mut Ctx) -> TestResult {
     sh.rt
         .block_on(c.delete(cx(), &delete))
         .map_err(|e| format!("Delete: {e}"))?;
-    Ok(())
+    sh.finish()
 }
 
 fn main() {

@@ -34,8 +34,17 @@ pub struct Process {
     pid: AtomicI32,
     state: Mutex<State>,
     io: Mutex<Option<Arc<ProcessIo>>>,
-    /// Carries the exit once the process is Stopped (exited and drained).
-    stopped: watch::Sender<Option<Exit>>,
+    /// How the process ended, for its waiters.
+    ending: watch::Sender<Ending>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Pending,
+    /// Exited and drained (or never ran, with the exit its failed start was given).
+    Stopped(Exit),
+    /// Deleted without ever having an exit.
+    Gone,
 }
 
 impl Process {
@@ -47,7 +56,7 @@ impl Process {
             pid: AtomicI32::new(0),
             state: Mutex::new(State::Created),
             io: Mutex::new(None),
-            stopped: watch::channel(None).0,
+            ending: watch::channel(Ending::Pending).0,
         }
     }
 
@@ -126,10 +135,29 @@ impl Process {
         self.state().abort_delete()
     }
 
-    /// Deleted: the streams are closed; returns the exit if there was one.
+    /// Deleted: the streams are closed; returns the exit if there was one. Waiters of a process
+    /// that never had one are told it is gone.
     pub fn finish_delete(&self) -> Option<Exit> {
         self.close_io();
-        self.state().finish_delete()
+        let exit = self.state().finish_delete();
+        if exit.is_none() {
+            self.ending.send_replace(Ending::Gone);
+        }
+        exit
+    }
+
+    /// A start that never ran the process: it is stopped with `exit`, and its waiters wake.
+    pub fn give_up(&self, exit: Exit) {
+        let mut state = self.state();
+        state.give_up(exit);
+        if let Some(exit) = state.exit() {
+            self.ending.send_replace(Ending::Stopped(exit));
+        }
+    }
+
+    /// Whether the process may still produce an exit (starting, running or draining).
+    pub fn is_live(&self) -> bool {
+        self.state().is_live()
     }
 
     pub fn set_io(&self, io: ProcessIo) {
@@ -149,15 +177,20 @@ impl Process {
     pub fn stop(&self) {
         let mut state = self.state();
         state.stop();
-        self.stopped.send_replace(state.exit());
+        if let Some(exit) = state.exit() {
+            self.ending.send_replace(Ending::Stopped(exit));
+        }
     }
 
-    /// Waits until the process is Stopped and returns its exit.
-    pub async fn wait(&self) -> Exit {
-        let mut rx = self.stopped.subscribe();
+    /// Waits until the process is Stopped and returns its exit; None when it was deleted
+    /// without ever having one.
+    pub async fn wait(&self) -> Option<Exit> {
+        let mut rx = self.ending.subscribe();
         loop {
-            if let Some(exit) = *rx.borrow_and_update() {
-                return exit;
+            match *rx.borrow_and_update() {
+                Ending::Stopped(exit) => return Some(exit),
+                Ending::Gone => return None,
+                Ending::Pending => {}
             }
             // The sender lives as long as self, which the caller holds: changed() cannot fail
             // while we wait, and if it did there would be nothing more to wait for.

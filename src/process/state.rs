@@ -146,6 +146,22 @@ impl State {
         matches!(self, State::Running)
     }
 
+    /// Whether the process may still produce an exit: starting, running, or exited with its
+    /// output still draining.
+    pub fn is_live(&self) -> bool {
+        matches!(
+            self,
+            State::Starting { .. } | State::Running | State::Exited(_)
+        )
+    }
+
+    /// A start that never ran the process (an exec runc refused): it ends here, with `exit`.
+    pub fn give_up(&mut self, exit: Exit) {
+        if matches!(self, State::Created | State::Starting { .. }) {
+            *self = State::Stopped(exit);
+        }
+    }
+
     /// The exit, once reaped (whether or not the output has drained).
     pub fn exit(&self) -> Option<Exit> {
         match self {
@@ -160,8 +176,9 @@ impl State {
     /// reported when it happens, even while the output still drains.
     pub fn public(&self) -> (Status, Option<Exit>) {
         match self {
-            State::Created => (Status::Created, None),
-            State::Starting { .. } | State::Running => (Status::Running, None),
+            // Until runc has started it, a process is as created as the Go shim says.
+            State::Created | State::Starting { .. } => (Status::Created, None),
+            State::Running => (Status::Running, None),
             State::Exited(e) | State::Stopped(e) => (Status::Stopped, Some(*e)),
             State::Deleting(from) => from.public(),
             State::Deleted(e) => (Status::Deleted, *e),

@@ -27,10 +27,17 @@ pub struct Spec<'a> {
     pub namespace: &'a str,
 }
 
-/// A running logger: its pid, and its exit once the reaper has seen it.
+/// A running logger: its pid, and its exit once the reaper has seen it. Dropped before it is
+/// supervised (runc failed, say), it is killed.
 pub struct Logger {
-    pub pid: i32,
-    pub exited: oneshot::Receiver<Exit>,
+    pid: i32,
+    exited: Option<oneshot::Receiver<Exit>>,
+}
+
+impl Drop for Logger {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Starts the logger on the read ends of the process's output pipes and waits until it is
@@ -78,27 +85,27 @@ pub async fn start(
         Error::InvalidArgument(format!("failed to start logging binary {program}: {e}"))
     })?;
     drop((cmd, stdout, stderr, ready_w));
-    let mut logger = Logger {
+    let logger = Logger {
         pid: child.id() as i32,
-        exited,
+        exited: Some(exited),
     };
     match tokio::time::timeout(READY_LIMIT, read_ready(ready_r)).await {
         Ok(Ok(n)) if n > 0 || !spec.needs_ready_byte => Ok(logger),
         Ok(Ok(_)) => {
-            logger.kill();
+            drop(logger);
             Err(Error::FailedPrecondition(format!(
                 "logging binary {program} did not signal ready (it closed fd 5 without writing; \
                  it may have crashed or exited early)"
             )))
         }
         Ok(Err(e)) => {
-            logger.kill();
+            drop(logger);
             Err(Error::Internal(format!(
                 "reading the readiness of logging binary {program}: {e}"
             )))
         }
         Err(_) => {
-            logger.kill();
+            drop(logger);
             Err(Error::FailedPrecondition(format!(
                 "logging binary {program} did not signal ready within {READY_LIMIT:?}"
             )))
@@ -114,20 +121,23 @@ async fn read_ready(fd: OwnedFd) -> std::io::Result<usize> {
 }
 
 impl Logger {
-    /// Kills the logger unless it has already been reaped (then its pid may be another's).
+    /// Kills the logger unless it has already been reaped (then its pid may be another's) or
+    /// is supervised.
     fn kill(&mut self) {
-        if matches!(
-            self.exited.try_recv(),
-            Err(oneshot::error::TryRecvError::Empty)
-        ) {
-            signal(self.pid, libc::SIGKILL);
+        if let Some(exited) = &mut self.exited {
+            if matches!(exited.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+                signal(self.pid, libc::SIGKILL);
+            }
         }
     }
 
     /// Watches the logger until it ends: on its own (its input ended), or, once `stop` fires,
     /// after SIGTERM and, if it lingers, SIGKILL. `done` fires when it is gone.
-    pub fn supervise(self, stop: oneshot::Receiver<()>, done: oneshot::Sender<()>) {
-        let Logger { pid, mut exited } = self;
+    pub fn supervise(mut self, stop: oneshot::Receiver<()>, done: oneshot::Sender<()>) {
+        let pid = self.pid;
+        let Some(mut exited) = self.exited.take() else {
+            return;
+        };
         tokio::spawn(async move {
             tokio::select! {
                 // An exit that is already known wins, so the pid is never signalled once free.

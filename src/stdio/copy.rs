@@ -17,6 +17,47 @@ const CHUNK: usize = 1 << 20;
 pub async fn splice_all(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
     let src = register(src, Interest::READABLE)?;
     let dst = register(dst, Interest::WRITABLE)?;
+    splice_loop(&src, &dst, progress).await
+}
+
+/// As `splice_all`, into a client's output FIFO, which is kept open until its reader has taken
+/// what is in it: a FIFO's bytes vanish when its last holder closes it, and the client may not
+/// have opened its end yet (a busy `ctr exec` opens it late).
+pub async fn splice_to_fifo(src: OwnedFd, fifo: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
+    let src = register(src, Interest::READABLE)?;
+    let dst = register(fifo, Interest::WRITABLE)?;
+    let total = splice_loop(&src, &dst, progress).await?;
+    until_read(dst.get_ref()).await;
+    Ok(total)
+}
+
+/// Waits until nothing is left unread in the FIFO `fd`. Polled with a growing interval: this
+/// is the end of a stream, and nothing tells a writer that its FIFO has been emptied.
+pub async fn until_read(fd: &OwnedFd) {
+    let mut interval = std::time::Duration::from_millis(2);
+    loop {
+        let mut unread: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+        let rc = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(fd),
+                libc::FIONREAD,
+                &mut unread,
+            )
+        };
+        if rc != 0 || unread == 0 {
+            return;
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(std::time::Duration::from_secs(1));
+    }
+}
+
+async fn splice_loop(
+    src: &AsyncFd<OwnedFd>,
+    dst: &AsyncFd<OwnedFd>,
+    progress: &AtomicU64,
+) -> io::Result<u64> {
     let mut total = 0u64;
     loop {
         let mut readable = src.readable().await?;
@@ -35,7 +76,7 @@ pub async fn splice_all(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io:
                     continue;
                 }
                 drop(readable);
-                wait_writable(&dst).await?;
+                wait_writable(dst).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -98,6 +139,7 @@ mod tests {
     use nix::fcntl::OFlag;
     use nix::unistd::pipe2;
     use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
 
     #[tokio::test]
     async fn copies_every_byte_through_a_slow_reader() {
@@ -130,6 +172,37 @@ mod tests {
         let got = reader.join().unwrap();
         assert_eq!(n as usize, expected.len());
         assert!(got == expected, "copied bytes differ");
+    }
+
+    #[tokio::test]
+    async fn output_stays_in_a_fifo_until_a_late_reader_has_taken_it() {
+        let dir = std::env::temp_dir().join(format!("copy-late-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&path)
+            .map(OwnedFd::from)
+            .unwrap();
+        let (src_r, src_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        nix::unistd::write(&src_w, b"late").unwrap();
+        drop(src_w);
+        let copy = tokio::spawn(async move {
+            let progress = AtomicU64::new(0);
+            splice_to_fifo(src_r, fifo, &progress).await.unwrap()
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!copy.is_finished(), "closed the FIFO with its bytes unread");
+        let mut reader = std::fs::File::open(&path).unwrap();
+        let mut got = [0u8; 4];
+        reader.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"late");
+        assert_eq!(copy.await.unwrap(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn set_blocking(f: &std::fs::File) {

@@ -54,7 +54,9 @@ pub enum OpenedIo {
     Terminal {
         socket: ConsoleSocket,
         stdin: Option<(OwnedFd, OwnedFd)>,
+        /// The stdout FIFO, or the pipe a logging program reads.
         stdout: Option<OwnedFd>,
+        logger: Option<binary::Logger>,
     },
 }
 
@@ -90,14 +92,35 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
         None => None,
     };
     if plan.terminal {
-        let Output::Fifos { stdout, .. } = &plan.output else {
-            return Err(Error::InvalidArgument(
-                "a terminal's output must go to a FIFO".into(),
-            ));
-        };
-        let stdout = match stdout {
-            Some(path) => Some(fifo::open_output(path)?),
-            None => None,
+        let (stdout, logger) = match &plan.output {
+            Output::Fifos { stdout, .. } => match stdout {
+                Some(path) => (Some(fifo::open_output(path)?), None),
+                None => (None, None),
+            },
+            Output::Binary {
+                path,
+                args,
+                needs_ready_byte,
+            } => {
+                // The program gets the terminal's one stream on fd 3 and an empty stderr.
+                let (out_r, out_w) = pipe()?;
+                let (err_r, err_w) = pipe()?;
+                drop(err_w);
+                let spec = binary::Spec {
+                    path,
+                    args,
+                    needs_ready_byte: *needs_ready_byte,
+                    process_id: cx.process_id,
+                    namespace: cx.namespace,
+                };
+                let logger = binary::start(&spec, cx.reaper, out_r, err_r).await?;
+                (Some(out_w), Some(logger))
+            }
+            Output::File(_) => {
+                return Err(Error::InvalidArgument(
+                    "a terminal's output must go to a FIFO or a logging program".into(),
+                ))
+            }
         };
         let socket = ConsoleSocket::new()?;
         let child = ProcessStdio {
@@ -108,6 +131,7 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
             socket,
             stdin,
             stdout,
+            logger,
         };
         return Ok((opened, child));
     }
@@ -245,7 +269,8 @@ impl OpenedIo {
                 socket,
                 stdin,
                 stdout,
-            } => start_terminal(name, &socket, stdin, stdout),
+                logger,
+            } => start_terminal(name, &socket, stdin, stdout, logger),
         }
     }
 }
@@ -276,7 +301,7 @@ fn start_pipes(
             let progress = output_progress.clone();
             tokio::spawn(async move {
                 let copied = match sink {
-                    Sink::Fifo(fifo) => copy::splice_all(pipe_r, fifo, &progress).await,
+                    Sink::Fifo(fifo) => copy::splice_to_fifo(pipe_r, fifo, &progress).await,
                     Sink::File(file) => copy::append_to_file(pipe_r, file, &progress).await,
                 };
                 if let Err(e) = copied {
@@ -285,16 +310,7 @@ fn start_pipes(
             })
         })
         .collect();
-    // A logging program's output is drained when it has gone: it reads the pipes itself.
-    let logger_stop = logger.map(|logger| {
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        logger.supervise(stop_rx, done_tx);
-        copies.push(tokio::spawn(async move {
-            let _ = done_rx.await;
-        }));
-        stop_tx
-    });
+    let logger_stop = logger.map(|logger| supervise(logger, &mut copies));
     ProcessIo {
         stdin_holder: Mutex::new(holder),
         stdin_copy,
@@ -305,11 +321,27 @@ fn start_pipes(
     }
 }
 
+/// A logging program's output is drained when it has gone: it reads the pipes itself. Returns
+/// what stops it when dropped.
+fn supervise(
+    logger: binary::Logger,
+    copies: &mut Vec<JoinHandle<()>>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    logger.supervise(stop_rx, done_tx);
+    copies.push(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }));
+    stop_tx
+}
+
 fn start_terminal(
     name: &str,
     socket: &ConsoleSocket,
     stdin: Option<(OwnedFd, OwnedFd)>,
     stdout: Option<OwnedFd>,
+    logger: Option<binary::Logger>,
 ) -> Result<ProcessIo> {
     let master = socket.receive()?;
     let master = console::register(master, Interest::READABLE | Interest::WRITABLE)
@@ -319,19 +351,34 @@ fn start_terminal(
     // The output copy owns the master: when the terminal hangs up (the process and everything
     // that shared its pty are gone) the copy ends and the master closes with it.
     let hung_up = Arc::new(tokio::sync::Notify::new());
+    // The end of input (CloseIO, and the client's end closed) hangs the terminal up, as with
+    // the Go shim: the master closes and the process gets SIGHUP, so a shell left by a client
+    // that went away does not stay for ever.
+    let input_ended = Arc::new(tokio::sync::Notify::new());
     let output = {
-        let (master, progress, hung_up) =
-            (master.clone(), output_progress.clone(), hung_up.clone());
+        let (master, progress, hung_up, input_ended) = (
+            master.clone(),
+            output_progress.clone(),
+            hung_up.clone(),
+            input_ended.clone(),
+        );
         let name = name.to_string();
         let stdout = stdout
             .map(|fd| console::register(fd, Interest::WRITABLE))
             .transpose()
             .map_err(|e| Error::Internal(format!("failed to watch the stdout of {name}: {e}")))?;
         tokio::spawn(async move {
-            // With no stdout the pty is still read, or the process would block on a full one.
-            let result = console::copy(&master, stdout.as_ref(), &progress).await;
-            if let Err(e) = result {
-                log::warn!("terminal output copy of {name} failed: {e}");
+            tokio::select! {
+                // With no stdout the pty is still read, or the process would block on it.
+                result = console::copy(&master, stdout.as_ref(), &progress) => {
+                    if let Err(e) = result {
+                        log::warn!("terminal output copy of {name} failed: {e}");
+                    }
+                    if let Some(out) = &stdout {
+                        copy::until_read(out.get_ref()).await;
+                    }
+                }
+                () = input_ended.notified() => {}
             }
             hung_up.notify_one();
         })
@@ -350,8 +397,9 @@ fn start_terminal(
                 let Some(master) = weak.upgrade() else { return };
                 tokio::select! {
                     result = console::copy(&reader, Some(&master), &ignored) => {
-                        if let Err(e) = result {
-                            log::debug!("terminal input copy of {name} ended: {e}");
+                        match result {
+                            Ok(_) => input_ended.notify_one(),
+                            Err(e) => log::debug!("terminal input copy of {name} ended: {e}"),
                         }
                     }
                     () = hung_up.notified() => {}
@@ -362,13 +410,15 @@ fn start_terminal(
     };
     let console = Some(Arc::downgrade(&master));
     drop(master);
+    let mut copies = vec![output];
+    let logger_stop = logger.map(|logger| supervise(logger, &mut copies));
     Ok(ProcessIo {
         stdin_holder: Mutex::new(holder),
         stdin_copy,
-        output_copies: tokio::sync::Mutex::new(vec![output]),
+        output_copies: tokio::sync::Mutex::new(copies),
         output_progress,
         console,
-        _logger_stop: None,
+        _logger_stop: logger_stop,
     })
 }
 

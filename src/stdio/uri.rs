@@ -62,9 +62,9 @@ pub fn parse(paths: &StdioPaths) -> Result<Plan> {
             )))
         }
     };
-    if paths.terminal && !matches!(output, Output::Fifos { .. }) {
+    if paths.terminal && matches!(output, Output::File(_)) {
         return Err(Error::InvalidArgument(format!(
-            "a terminal's output must go to a FIFO, not {:?}",
+            "a terminal's output must go to a FIFO or a logging program, not {:?}",
             paths.stdout
         )));
     }
@@ -222,6 +222,12 @@ mod tests {
             v2.output,
             Output::Binary { needs_ready_byte: true, ref path, .. } if path.to_str() == Some("/bin/l")
         ));
+    }
+
+    #[test]
+    fn a_terminal_may_go_to_a_logging_program() {
+        let plan = parse(&paths("binary:///bin/logger", "", true)).unwrap();
+        assert!(plan.terminal && matches!(plan.output, Output::Binary { .. }));
     }
 
     #[test]

@@ -265,6 +265,53 @@ impl DirectShim {
     }
 }
 
+impl DirectShim {
+    /// Ends a test that deleted its tasks: Shutdown, and the shim must go by itself, taking
+    /// its socket with it and leaving no runc container, mount or process. What is left is a
+    /// failure (and is then removed by force when the shim is dropped).
+    pub fn finish(self) -> Result<(), String> {
+        let pid = self.pid()?;
+        let req = ShutdownRequest::default();
+        let _ = self.rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                self.client.shutdown(Self::ctx(), &req),
+            )
+            .await
+        });
+        super::eventually(Duration::from_secs(10), || {
+            crate::ensure!(
+                !super::pid_alive(pid),
+                "the shim {pid} did not exit on Shutdown"
+            );
+            Ok(())
+        })?;
+        let s = &self.scratch;
+        let socket = shim::bootstrap::socket_address(&s.fake_address, &s.ns, &s.first_id);
+        let socket = shim::bootstrap::socket_path(&socket);
+        crate::ensure!(
+            !socket.exists(),
+            "the shim left its socket {}",
+            socket.display()
+        );
+        let root = PathBuf::from(format!("/run/containerd/runc/{}", s.ns));
+        let containers: Vec<String> = fs::read_dir(&root)
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        crate::ensure!(
+            containers.is_empty(),
+            "runc still has containers {containers:?} under {}",
+            root.display()
+        );
+        let mounts = super::mounts_under(&s.dir);
+        crate::ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+        Ok(())
+    }
+}
+
 impl Drop for DirectShim {
     /// Asks the shim to stop; the scratch dropped after this removes whatever is left.
     fn drop(&mut self) {

@@ -493,6 +493,21 @@ pub struct Ctx<'a> {
     pub ns: String,
     pub runtime: &'static str,
     ids: Vec<String>,
+    /// Console socket dirs (/tmp/pty*) there before the test: any other is the test's leak.
+    ptys_before: Vec<PathBuf>,
+}
+
+/// The console socket directories shims make for terminals: /tmp/pty-XXXXXX (ours) and
+/// /tmp/ptyNNNN (the Go shim's).
+fn console_dirs() -> Vec<PathBuf> {
+    fs::read_dir("/tmp")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with("pty"))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl<'a> Ctx<'a> {
@@ -515,6 +530,7 @@ impl<'a> Ctx<'a> {
             ns,
             runtime,
             ids: Vec::new(),
+            ptys_before: console_dirs(),
         })
     }
 
@@ -632,6 +648,14 @@ impl<'a> Ctx<'a> {
         shims?;
         ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
         ensure!(sockets.is_empty(), "shim sockets left: {sockets:?}");
+        let ptys: Vec<PathBuf> = console_dirs()
+            .into_iter()
+            .filter(|d| !self.ptys_before.contains(d))
+            .collect();
+        for d in &ptys {
+            let _ = fs::remove_dir_all(d);
+        }
+        ensure!(ptys.is_empty(), "console socket dirs left: {ptys:?}");
         Ok(())
     }
 }

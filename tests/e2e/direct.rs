@@ -81,7 +81,7 @@ pub fn requests_cut_off_by_their_deadline_still_finish(ctx: &mut Ctx) -> TestRes
     sh.rt
         .block_on(c.delete(DirectShim::ctx(), &delete))
         .map_err(|e| format!("Delete: {e}"))?;
-    Ok(())
+    sh.finish()
 }
 
 /// The shim's open descriptors and resident memory.
@@ -185,12 +185,18 @@ pub fn a_thousand_execs_leak_nothing(ctx: &mut Ctx) -> TestResult {
         after_50.0,
         after_1000.0
     );
-    ensure!(
-        after_1000.1 <= after_50.1 + 512,
-        "RSS grew from {} to {} KiB",
-        after_50.1,
-        after_1000.1
-    );
+    let grew = after_1000.1 > after_50.1 + 512;
+    if ctx.runtime == OURS {
+        ensure!(
+            !grew,
+            "RSS grew from {} to {} KiB",
+            after_50.1,
+            after_1000.1
+        );
+    } else if grew {
+        // Known difference: the Go shim's memory grows with the number of execs it has run.
+        println!("    [{}] RSS grew by more than 512 KiB", ctx.runtime);
+    }
     let kill = KillRequest {
         id: "churn".into(),
         signal: 9,
@@ -217,5 +223,117 @@ pub fn a_thousand_execs_leak_nothing(ctx: &mut Ctx) -> TestResult {
             },
         ))
         .map_err(|e| format!("Delete: {e}"))?;
-    Ok(())
+    sh.finish()
+}
+
+/// A Wait sent before the Start of an exec that runc refuses (as ctr and CRI send it) returns
+/// once the Start has failed; a Wait on an exec deleted without running does not hang either.
+pub fn waits_on_an_exec_that_never_runs_return(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "norun", &["sleep", "1000"])?;
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    let create = CreateTaskRequest {
+        id: "norun".into(),
+        bundle: sh.bundle_path("norun").to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.create(cx(), &create))
+        .map_err(|e| format!("Create: {e}"))?;
+    let start = |exec_id: &str| StartRequest {
+        id: "norun".into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.start(cx(), &start("")))
+        .map_err(|e| format!("Start: {e}"))?;
+    let mut spec = protobuf::well_known_types::any::Any::new();
+    spec.value = br#"{"args":["/no/such/binary"],"cwd":"/","user":{"uid":0,"gid":0}}"#.to_vec();
+    for exec_id in ["bad", "unstarted"] {
+        let exec = ExecProcessRequest {
+            id: "norun".into(),
+            exec_id: exec_id.into(),
+            spec: protobuf::MessageField::some(spec.clone()),
+            ..Default::default()
+        };
+        sh.rt
+            .block_on(c.exec(cx(), &exec))
+            .map_err(|e| format!("Exec {exec_id}: {e}"))?;
+    }
+    let wait = |exec_id: &str| WaitRequest {
+        id: "norun".into(),
+        exec_id: exec_id.into(),
+        ..Default::default()
+    };
+    let (wait_bad, wait_unstarted) = (wait("bad"), wait("unstarted"));
+    let outcome = sh.rt.block_on(async {
+        let waiter = c.wait(cx(), &wait_bad);
+        let starter = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            c.start(cx(), &start("bad")).await
+        };
+        let (waited, started) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), waiter),
+            starter
+        );
+        (waited, started)
+    });
+    ensure!(outcome.1.is_err(), "Start of a missing binary succeeded");
+    ensure!(
+        matches!(outcome.0, Ok(Ok(_))),
+        "the Wait on the exec that failed to start did not return: {:?}",
+        outcome.0
+    );
+    let outcome = sh.rt.block_on(async {
+        let waiter = c.wait(cx(), &wait_unstarted);
+        let deleter = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let delete = DeleteRequest {
+                id: "norun".into(),
+                exec_id: "unstarted".into(),
+                ..Default::default()
+            };
+            c.delete(cx(), &delete).await
+        };
+        tokio::join!(
+            tokio::time::timeout(Duration::from_secs(10), waiter),
+            deleter
+        )
+    });
+    ensure!(
+        outcome.1.is_ok(),
+        "Delete of an unstarted exec: {:?}",
+        outcome.1
+    );
+    if ctx.runtime == OURS {
+        ensure!(
+            outcome.0.is_ok(),
+            "the Wait on the exec deleted without running did not return"
+        );
+    } else if outcome.0.is_err() {
+        // Known difference: containerd's Go shim (seen on 1.6 to 2.1) never answers that Wait.
+        println!(
+            "    [{}] the Wait on an exec deleted without running never returned",
+            ctx.runtime
+        );
+    }
+    let kill = KillRequest {
+        id: "norun".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.kill(cx(), &kill))
+        .map_err(|e| format!("Kill: {e}"))?;
+    sh.rt
+        .block_on(c.wait(cx(), &wait("")))
+        .map_err(|e| format!("Wait: {e}"))?;
+    let delete = DeleteRequest {
+        id: "norun".into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.delete(cx(), &delete))
+        .map_err(|e| format!("Delete: {e}"))?;
+    sh.finish()
 }

@@ -114,3 +114,61 @@ pub fn a_logger_that_never_gets_ready_is_a_clear_error(ctx: &mut Ctx) -> TestRes
     }
     Ok(())
 }
+
+/// A terminal's output can go to a logging program too (nerdctl's `run -t -d` asks for
+/// that); driven over ttrpc, since `ctr` refuses `-t` with `--log-uri`.
+pub fn a_terminal_can_log_to_a_program(ctx: &mut Ctx) -> TestResult {
+    use crate::common::direct::DirectShim;
+    use shim::protos::shim::*;
+    let dir = scratch(ctx, "ttylog")?;
+    let program = logger(&dir, "printf x >&5; exec 5>&-")?;
+    let sh = DirectShim::start(
+        &crate::shim_binary(ctx),
+        &ctx.ns,
+        "ttylog",
+        &["sh", "-c", "tty; echo hi"],
+    )?;
+    let bundle = sh.bundle_path("ttylog");
+    let config = bundle.join("config.json");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    spec["process"]["terminal"] = serde_json::Value::Bool(true);
+    std::fs::write(&config, spec.to_string()).map_err(|e| e.to_string())?;
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    let create = CreateTaskRequest {
+        id: "ttylog".into(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        terminal: true,
+        stdout: format!("binary://{}?--dir={}", program.display(), dir.display()),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.create(cx(), &create))
+        .map_err(|e| format!("Create: {e}"))?;
+    let id = |r: &mut String| *r = "ttylog".into();
+    let mut start = StartRequest::default();
+    id(&mut start.id);
+    sh.rt
+        .block_on(c.start(cx(), &start))
+        .map_err(|e| format!("Start: {e}"))?;
+    let mut wait = WaitRequest::default();
+    id(&mut wait.id);
+    sh.rt
+        .block_on(c.wait(cx(), &wait))
+        .map_err(|e| format!("Wait: {e}"))?;
+    eventually(Duration::from_secs(10), || {
+        let out = std::fs::read_to_string(dir.join("out")).unwrap_or_default();
+        ensure!(
+            out.contains("/dev/pts/") && out.contains("hi"),
+            "the logging program got {out:?}"
+        );
+        Ok(())
+    })?;
+    let mut delete = DeleteRequest::default();
+    id(&mut delete.id);
+    sh.rt
+        .block_on(c.delete(cx(), &delete))
+        .map_err(|e| format!("Delete: {e}"))?;
+    sh.finish()
+}
