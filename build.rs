@@ -28,6 +28,12 @@ fn main() {
         .unwrap_or_else(|| "unknown".to_string());
     println!("cargo:rustc-env=SHIM_GIT_REVISION={revision}");
     println!("cargo:rerun-if-changed=.git/HEAD");
+    // HEAD names a branch; a commit moves the branch's ref, not HEAD.
+    if let Ok(head) = fs::read_to_string(".git/HEAD") {
+        if let Some(branch) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{branch}");
+        }
+    }
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let inputs: Vec<String> = PROTOS.iter().map(|p| format!("protos/{p}")).collect();
     for input in &inputs {

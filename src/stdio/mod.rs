@@ -97,23 +97,10 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
                 Some(path) => (Some(fifo::open_output(path)?), None),
                 None => (None, None),
             },
-            Output::Binary {
-                path,
-                args,
-                needs_ready_byte,
-            } => {
+            Output::Binary { .. } => {
                 // The program gets the terminal's one stream on fd 3 and an empty stderr.
-                let (out_r, out_w) = pipe()?;
-                let (err_r, err_w) = pipe()?;
+                let (logger, out_w, err_w) = start_logger(&plan.output, cx).await?;
                 drop(err_w);
-                let spec = binary::Spec {
-                    path,
-                    args,
-                    needs_ready_byte: *needs_ready_byte,
-                    process_id: cx.process_id,
-                    namespace: cx.namespace,
-                };
-                let logger = binary::start(&spec, cx.reaper, out_r, err_r).await?;
                 (Some(out_w), Some(logger))
             }
             Output::File(_) => {
@@ -170,24 +157,9 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
             child.stdout = Some(pipe_w);
             outputs.push((pipe_r, Sink::File(file)));
         }
-        Output::Binary {
-            path,
-            args,
-            needs_ready_byte,
-        } => {
-            // Blocking pipes: the program reads them as any program reads its input.
-            let (out_r, out_w) = pipe()?;
-            let (err_r, err_w) = pipe()?;
-            give_to(&out_w, cx.owner)?;
-            give_to(&err_w, cx.owner)?;
-            let spec = binary::Spec {
-                path,
-                args,
-                needs_ready_byte: *needs_ready_byte,
-                process_id: cx.process_id,
-                namespace: cx.namespace,
-            };
-            logger = Some(binary::start(&spec, cx.reaper, out_r, err_r).await?);
+        Output::Binary { .. } => {
+            let (started, out_w, err_w) = start_logger(&plan.output, cx).await?;
+            logger = Some(started);
             child.stdout = Some(out_w);
             child.stderr = Some(err_w);
         }
@@ -200,6 +172,36 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
         },
         child,
     ))
+}
+
+/// Starts the logging program of a `binary://` output on two new pipes; returns it with the
+/// pipes' write ends, which belong to the io owner. Blocking pipes: the program reads them as
+/// any program reads its input.
+async fn start_logger(
+    output: &Output,
+    cx: &OpenContext<'_>,
+) -> Result<(binary::Logger, OwnedFd, OwnedFd)> {
+    let Output::Binary {
+        path,
+        args,
+        needs_ready_byte,
+    } = output
+    else {
+        return Err(Error::Internal("no logging program to start".into()));
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    give_to(&out_w, cx.owner)?;
+    give_to(&err_w, cx.owner)?;
+    let spec = binary::Spec {
+        path,
+        args,
+        needs_ready_byte: *needs_ready_byte,
+        process_id: cx.process_id,
+        namespace: cx.namespace,
+    };
+    let logger = binary::start(&spec, cx.reaper, out_r, err_r).await?;
+    Ok((logger, out_w, err_w))
 }
 
 /// A pipe for one output: our read end non-blocking, the process's end given to `owner`.
