@@ -78,6 +78,8 @@ const TESTS: &[(&str, Test)] = tests![
     requests_cut_off_by_their_deadline_still_finish,
     a_thousand_execs_leak_nothing,
     waits_on_an_exec_that_never_runs_return,
+    one_shim_serves_a_group_until_its_last_task_is_gone,
+    malformed_start_options_are_logged_and_ignored,
     exits_racing_start_are_held_until_the_start_is_announced,
     a_start_that_fails_after_the_exit_still_reports_it,
     a_create_that_fails_half_way_leaves_nothing,
@@ -1050,6 +1052,9 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         ),
         "a_thousand_execs_leak_nothing" if line != "1.6" => {
             Some("drives the shim directly, without containerd: run once, on the 1.6 line".into())
+        }
+        "malformed_start_options_are_logged_and_ignored" if runtime == GO_SHIM => {
+            Some("the Go shim takes only ShimCgroup from start's options".into())
         }
         "start_options_are_the_default_for_create" if runtime == GO_SHIM => {
             Some("the Go shim takes only ShimCgroup from start's options".into())

@@ -130,7 +130,7 @@ pub struct DirectShim {
     pub rt: tokio::runtime::Runtime,
     recorder: Arc<Recorder>,
     _events: ttrpc::r#async::Server,
-    _log: fs::File,
+    log: fs::File,
     scratch: Scratch,
 }
 
@@ -212,7 +212,7 @@ impl DirectShim {
             rt,
             recorder,
             _events: events,
-            _log: log,
+            log,
             scratch,
         })
     }
@@ -233,6 +233,21 @@ impl DirectShim {
 
     pub fn ctx() -> ttrpc::context::Context {
         ttrpc::context::with_timeout(Duration::from_secs(60).as_nanos() as i64)
+    }
+
+    /// What the shim has written to its log so far (containerd would copy it into its own).
+    pub fn log_text(&self) -> String {
+        use std::io::Read;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Non-blocking: reads what is there and stops at EAGAIN.
+        while let Ok(n) = (&self.log).read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            text.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&text).into_owned()
     }
 
     /// A request context whose deadline passes almost at once.

@@ -337,3 +337,92 @@ pub fn waits_on_an_exec_that_never_runs_return(ctx: &mut Ctx) -> TestResult {
         .map_err(|e| format!("Delete: {e}"))?;
     sh.finish()
 }
+
+fn create_req(sh: &DirectShim, id: &str) -> CreateTaskRequest {
+    CreateTaskRequest {
+        id: id.into(),
+        bundle: sh.bundle_path(id).to_string_lossy().into_owned(),
+        ..Default::default()
+    }
+}
+
+/// One shim serves several containers (a pod's): two Creates of one id race and exactly one
+/// wins; a Shutdown while a task lives leaves the shim serving; only after the last Delete
+/// does a Shutdown end it (and `finish` checks it ends cleanly).
+pub fn one_shim_serves_a_group_until_its_last_task_is_gone(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "pod-a", &["sleep", "1000"])?;
+    sh.bundle("pod-b", &["sleep", "1000"])?;
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    let (first, second) = sh.rt.block_on(async {
+        let a = create_req(&sh, "pod-a");
+        tokio::join!(c.create(cx(), &a), c.create(cx(), &a))
+    });
+    let wins = [&first, &second].iter().filter(|r| r.is_ok()).count();
+    ensure!(
+        wins == 1,
+        "two concurrent Creates of one id: {first:?} and {second:?}"
+    );
+    let loser = if first.is_ok() { second } else { first };
+    ensure!(
+        matches!(&loser, Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::ALREADY_EXISTS)
+            || ctx.runtime != OURS,
+        "the losing Create answered {loser:?}"
+    );
+    sh.rt
+        .block_on(c.create(cx(), &create_req(&sh, "pod-b")))
+        .map_err(|e| format!("Create pod-b: {e}"))?;
+    let shutdown = ShutdownRequest::default();
+    let _ = sh.rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(5), c.shutdown(cx(), &shutdown)).await
+    });
+    state(&sh, "pod-a", "").map_err(|e| format!("after a Shutdown with tasks alive: {e}"))?;
+    for id in ["pod-a", "pod-b"] {
+        let delete = DeleteRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        sh.rt
+            .block_on(c.delete(cx(), &delete))
+            .map_err(|e| format!("Delete {id}: {e}"))?;
+        if id == "pod-a" {
+            let _ = sh.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), c.shutdown(cx(), &shutdown)).await
+            });
+            state(&sh, "pod-b", "").map_err(|e| format!("with pod-b left: {e}"))?;
+        }
+    }
+    sh.finish()
+}
+
+/// Runtime options on `start`'s stdin that do not decode are logged, and the shim goes on
+/// with its defaults.
+pub fn malformed_start_options_are_logged_and_ignored(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start_with_options(
+        &shim_binary(ctx),
+        &ctx.ns,
+        "badopts",
+        &["true"],
+        &[0xff, 0xff, 0xff],
+    )?;
+    let log = eventually(Duration::from_secs(5), || {
+        let text = sh.log_text();
+        ensure!(
+            text.contains("ignoring runtime options from start"),
+            "the shim's log does not mention the options: {text:?}"
+        );
+        Ok(text)
+    })?;
+    ensure!(!log.is_empty(), "empty log");
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    sh.rt
+        .block_on(c.create(cx(), &create_req(&sh, "badopts")))
+        .map_err(|e| format!("Create under the defaults: {e}"))?;
+    let delete = DeleteRequest {
+        id: "badopts".into(),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.delete(cx(), &delete))
+        .map_err(|e| format!("Delete: {e}"))?;
+    sh.finish()
+}
