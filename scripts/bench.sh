@@ -16,7 +16,7 @@ EXECS=${EXECS:-100}
 
 work=$(mktemp -d /tmp/shim-bench.XXXXXX)
 ns=bench
-trap 'private_containerd_stop "$work"; rm -rf "$work"' EXIT
+trap 'private_containerd_stop "$work"; remove_namespace_cgroups "$ns"; rm -rf "$work"' EXIT
 private_containerd_start "$work"
 import_test_image "$work" "$ns"
 c() { timeout -s KILL 120 ctr --address "$address" -n "$ns" "$@"; }

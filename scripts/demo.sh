@@ -13,6 +13,7 @@ cleanup() {
   ctr --address "$address" -n "$ns" tasks rm -f demo >/dev/null 2>&1 || true
   ctr --address "$address" -n "$ns" containers rm demo >/dev/null 2>&1 || true
   private_containerd_stop "$work"
+  remove_namespace_cgroups "$ns"
   rm -rf "$work"
 }
 trap cleanup EXIT

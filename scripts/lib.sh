@@ -44,3 +44,12 @@ import_test_image() {
   [ -f "$work/busybox.tar" ] || python3 "$(dirname "${BASH_SOURCE[0]}")/busybox-image.py" "$work/busybox.tar" "$IMAGE"
   ctr --address "$address" -n "$ns" images import "$work/busybox.tar" >/dev/null
 }
+
+# Removes the (empty) cgroups that runc leaves for namespace NS in each v1 hierarchy.
+remove_namespace_cgroups() {
+  local ns=$1
+  for dir in /sys/fs/cgroup/*/"$ns"; do
+    [ -d "$dir" ] || continue
+    find "$dir" -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  done
+}

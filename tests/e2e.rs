@@ -1106,10 +1106,46 @@ fn run_line(line: &str, selected: &[&(&str, Test)], report: &mut Report) {
     );
 }
 
+/// How long one test may take (the slowest, 50 concurrent execs on the 1.6 Go shim, takes about
+/// a minute; E2E_TEST_LIMIT_SECS overrides). Past it, every process of the test's namespace
+/// is killed, so the call it hangs in returns, and the test fails by name while the rest run.
+fn test_limit() -> Duration {
+    let secs = std::env::var("E2E_TEST_LIMIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(240);
+    Duration::from_secs(secs)
+}
+
 fn run_one(daemon: &mut Containerd, name: &str, runtime: &'static str, test: Test) -> TestResult {
     let mut ctx = Ctx::new(daemon, name, runtime)?;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let limit = test_limit();
+    let watchdog = {
+        let ns = ctx.ns.clone();
+        std::thread::spawn(move || {
+            let expired = matches!(
+                finished.recv_timeout(limit),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+            );
+            if expired {
+                for pid in processes_mentioning(&ns) {
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            expired
+        })
+    };
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&mut ctx)))
         .unwrap_or_else(|_| Err("test panicked".into()));
+    let _ = done.send(());
+    let outcome = match watchdog.join() {
+        Ok(true) => Err(format!(
+            "took longer than {limit:?}: its processes were killed ({})",
+            outcome.err().unwrap_or_default()
+        )),
+        _ => outcome,
+    };
     let cleanup = ctx.clean_and_check();
     outcome.and(cleanup)
 }

@@ -395,7 +395,7 @@ pub fn sweep_earlier_runs() {
 }
 
 /// Pids of processes with an argument that contains `needle`.
-fn processes_mentioning(needle: &str) -> Vec<i32> {
+pub fn processes_mentioning(needle: &str) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -656,7 +656,57 @@ impl<'a> Ctx<'a> {
             let _ = fs::remove_dir_all(d);
         }
         ensure!(ptys.is_empty(), "console socket dirs left: {ptys:?}");
+        let cgroups = namespace_cgroups(&self.ns);
+        let leaked: Vec<&PathBuf> = cgroups
+            .iter()
+            .filter(|c| c.depth > 0)
+            .map(|c| &c.path)
+            .collect();
+        let leaked = format!("{leaked:?}");
+        remove_cgroups(cgroups);
+        ensure!(leaked == "[]", "container cgroups left: {leaked}");
         Ok(())
+    }
+}
+
+/// A cgroup directory under a namespace's cgroup (`/<ns>` in each v1 hierarchy, where ctr
+/// puts `/<ns>/<id>`); depth 0 is the namespace's own, which runc leaves behind empty.
+pub struct CgroupDir {
+    pub path: PathBuf,
+    pub depth: usize,
+}
+
+/// Every cgroup directory of namespace `ns`, deepest first.
+pub fn namespace_cgroups(ns: &str) -> Vec<CgroupDir> {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<CgroupDir>) {
+        if let Ok(entries) = fs::read_dir(dir) {
+            for e in entries.filter_map(|e| e.ok()) {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), depth + 1, out);
+                }
+            }
+        }
+        out.push(CgroupDir {
+            path: dir.to_path_buf(),
+            depth,
+        });
+    }
+    let mut out = Vec::new();
+    if let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") {
+        for h in hierarchies.filter_map(|e| e.ok()) {
+            let dir = h.path().join(ns);
+            if dir.is_dir() {
+                walk(&dir, 0, &mut out);
+            }
+        }
+    }
+    out
+}
+
+/// Removes cgroup directories (deepest first); one that still has processes stays.
+pub fn remove_cgroups(dirs: Vec<CgroupDir>) {
+    for d in dirs {
+        let _ = fs::remove_dir(&d.path);
     }
 }
 
