@@ -108,3 +108,70 @@ fn bad_command_lines_fail_with_usage() {
         "nothing but an address may reach stdout"
     );
 }
+
+/// `delete` after a shim died uses the runc binary and root the shim saved in the bundle, and
+/// removes the shim's socket only when nothing listens on it any more.
+#[test]
+fn delete_uses_the_saved_runc_and_keeps_a_live_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("cli-delete-saved-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    // A runc that records how it was called.
+    let runc = dir.join("fake-runc");
+    let calls = dir.join("calls");
+    std::fs::write(
+        &runc,
+        format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&runc, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let options = shim::options::RuntimeOptions {
+        binary_name: runc.to_string_lossy().into_owned(),
+        root: dir.join("root").to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    std::fs::write(
+        bundle.join(shim::container::OPTIONS_FILE),
+        serde_json::to_vec(&options).unwrap(),
+    )
+    .unwrap();
+    let (ns, id) = ("cli-saved", format!("saved-{}", std::process::id()));
+    let address = dir.join("containerd.sock").to_string_lossy().into_owned();
+    let socket = shim::bootstrap::socket_address(&address, ns, &id);
+    let socket = shim::bootstrap::socket_path(&socket).to_path_buf();
+    std::fs::create_dir_all(socket.parent().unwrap()).unwrap();
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let delete = || {
+        Command::new(SHIM)
+            .args(["-namespace", ns, "-address", &address])
+            .args(["-publish-binary", "/bin/true", "-id", &id, "-bundle"])
+            .arg(&bundle)
+            .arg("delete")
+            .current_dir(&bundle)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = delete();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    let root = dir.join("root").join(ns);
+    assert!(
+        called.contains(&format!("--root {}", root.display()))
+            && called.contains(&format!("delete --force {id}")),
+        "runc was called as {called:?}"
+    );
+    assert!(socket.exists(), "a live shim's socket was removed");
+    drop(listener);
+    let out = delete();
+    assert!(out.status.success());
+    assert!(!socket.exists(), "a dead shim's socket was kept");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
