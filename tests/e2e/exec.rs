@@ -296,6 +296,16 @@ pub fn exec_exits_come_before_the_init_delete(ctx: &mut Ctx) -> TestResult {
         .collect();
     let exec_exit = seen.iter().position(|s| *s == ("/tasks/exit", "bg"));
     let delete = seen.iter().position(|s| s.0 == "/tasks/delete");
+    // Known difference: containerd 2.1's Go shim sometimes exits before its /tasks/delete
+    // leaves (see events_arrive_in_lifecycle_order); the exec's exit must still be there.
+    let go_lost_delete = ctx.runtime == GO_SHIM
+        && ctx.daemon.line.name == "2.1"
+        && delete.is_none()
+        && exec_exit.is_some();
+    if go_lost_delete {
+        println!("    [{}] lost /tasks/delete at shutdown", ctx.runtime);
+        return Ok(());
+    }
     ensure!(
         matches!((exec_exit, delete), (Some(x), Some(d)) if x < d),
         "want the exec's exit before the delete: {seen:?}"
