@@ -16,6 +16,8 @@ const PROTOS: &[&str] = &[
     "runctypes.proto",
     "runtimeoptions.proto",
     "introspection.proto",
+    "cgroups_v1.proto",
+    "cgroups_v2.proto",
 ];
 
 fn main() {

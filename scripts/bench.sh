@@ -6,6 +6,8 @@
 #   - context switches of that idle shim over 10 s (an idle shim should do no periodic work)
 #   - wall time of `ctr tasks exec true` in that container, and the shim's own CPU per exec
 #     (utime + stime of the shim process, not of the runc it runs; mean of EXECS execs)
+#   - the RSS of every shim serving five sleeping containers: as one group (one shim, by the
+#     io.containerd.runc.v2.group annotation) and ungrouped (one shim each)
 # Prints each figure for both, and ours as a ratio of the Go shim's. Figures, not a test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,13 +57,36 @@ for rt in io.containerd.rustshim.v1 io.containerd.runc.v2; do
   result[$rt,exec_cpu_us]=$(( ($(shim_ticks) - ticks) * 1000000 / $(getconf CLK_TCK) / EXECS ))
   c tasks kill -s SIGKILL idle >/dev/null; sleep 0.5
   c tasks rm -f idle >/dev/null 2>&1 || true; c containers rm idle >/dev/null
+
+  shims_rss() {
+    local total=0 pid
+    for pid in $(pgrep -f -- "-namespace $ns -id"); do
+      total=$(( total + $(awk '/^VmRSS/ {print $2}' "/proc/$pid/status") ))
+    done
+    echo "$total"
+  }
+  for layout in group5 five_shims; do
+    for i in 1 2 3 4 5; do
+      extra=()
+      [ "$layout" = group5 ] && extra=(--annotation io.containerd.runc.v2.group=bench-group)
+      c run -d "${extra[@]}" --runtime "$rt" "$IMAGE" "$layout$i" sleep 1000 >/dev/null
+    done
+    sleep 2
+    result[$rt,${layout}_rss_kib]=$(shims_rss)
+    for i in 1 2 3 4 5; do c tasks kill -s SIGKILL "$layout$i" >/dev/null; done
+    sleep 0.5
+    for i in 1 2 3 4 5; do
+      c tasks rm -f "$layout$i" >/dev/null 2>&1 || true; c containers rm "$layout$i" >/dev/null
+    done
+  done
 done
 
 ours=io.containerd.rustshim.v1 go=io.containerd.runc.v2
 printf '%-32s %12s %12s %8s\n' figure rust-v1 runc.v2 ratio
-for f in run_ms stream_ms rss_kib pss_kib idle_wakeups_10s exec_ms exec_cpu_us; do
+for f in run_ms stream_ms rss_kib pss_kib idle_wakeups_10s exec_ms exec_cpu_us group5_rss_kib five_shims_rss_kib; do
   a=${result[$ours,$f]} b=${result[$go,$f]}
   printf '%-32s %12s %12s %8s\n' "$f" "$a" "$b" "$(awk -v a="$a" -v b="$b" 'BEGIN{printf "%.2f", (b>0? a/b : 0)}')"
 done
 echo "(run_ms: mean of $RUNS 'ctr run --rm true'; stream_ms: 256 MiB stdout; rss/pss/wakeups: one idle shim;"
-echo " exec_ms, exec_cpu_us: mean of $EXECS 'ctr tasks exec true', wall time and shim CPU)"
+echo " exec_ms, exec_cpu_us: mean of $EXECS 'ctr tasks exec true', wall time and shim CPU;"
+echo " group5_rss_kib: RSS of the one shim of a group of five containers; five_shims_rss_kib: of five ungrouped)"

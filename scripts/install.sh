@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the shim needs and the shim itself. Idempotent and non-interactive.
-#   - Debian packages: containerd, runc, busybox-static (the test image), python3 (image builder)
+#   - Debian packages: containerd, runc, crun (a second OCI runtime for the tests),
+#     busybox-static (the test image), python3 (image builder)
 #   - the release binary at /usr/local/bin/containerd-shim-rust-v1, plus the alias
 #     containerd-shim-rustshim-v1 that containerd looks up for io.containerd.rustshim.v1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in containerd runc busybox-static python3; do
+for pkg in containerd runc crun busybox-static python3; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

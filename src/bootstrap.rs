@@ -13,7 +13,12 @@ use std::process::{Command, Stdio};
 pub const SOCKET_DIR: &str = "/run/containerd/s";
 /// The fd on which the daemon copy finds its listening socket.
 pub const LISTENER_FD: i32 = 3;
-const SANDBOX_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
+/// The annotations that put a container in a group served by one shim, in the order
+/// containerd's Go shim reads them: containerd's own, then CRI's pod sandbox.
+const GROUP_ANNOTATIONS: [&str; 2] = [
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
 
 /// `unix:///run/containerd/s/<sha256 of "<containerd address>/<namespace>/<group>">`, with the
 /// joined path cleaned as Go's filepath.Join does, so both shims agree on it.
@@ -49,16 +54,17 @@ fn clean_path(path: &str) -> String {
     }
 }
 
-/// The group a task's shim serves: the pod sandbox for CRI containers, else the task itself.
+/// The group a task's shim serves: the one its annotations name (a pod sandbox for CRI
+/// containers), else the task itself.
 pub fn grouping_id(bundle: &Path, id: &str) -> String {
     std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
         .and_then(|spec| {
-            spec.get("annotations")?
-                .get(SANDBOX_ANNOTATION)?
-                .as_str()
-                .map(str::to_string)
+            let annotations = spec.get("annotations")?;
+            GROUP_ANNOTATIONS
+                .iter()
+                .find_map(|a| annotations.get(a)?.as_str().map(str::to_string))
         })
         .unwrap_or_else(|| id.to_string())
 }
@@ -107,14 +113,30 @@ pub fn run(flags: &Flags) -> io::Result<String> {
             return Err(e);
         }
     };
-    if let Err(e) = write_address(&bundle, &address) {
-        // Without the address containerd never reaches that daemon: do not leave it behind.
+    let placed = place_daemon(daemon.id(), &options);
+    if let Err(e) = placed.and_then(|()| write_address(&bundle, &address)) {
+        // Misplaced, or without the address containerd never reaches it: do not leave it.
         let _ = daemon.kill();
         let _ = daemon.wait();
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
     Ok(address)
+}
+
+/// Puts the new daemon where the runtime options and containerd's own OOM score say.
+fn place_daemon(pid: u32, options: &[u8]) -> io::Result<()> {
+    use protobuf::Message;
+    // Options that do not decode are the daemon's to report (it logs and ignores them).
+    let shim_cgroup = protobuf::well_known_types::any::Any::parse_from_bytes(options)
+        .ok()
+        .and_then(|any| crate::options::decode(Some(&any)).ok())
+        .map(|o| o.shim_cgroup)
+        .unwrap_or_default();
+    if !shim_cgroup.is_empty() {
+        crate::placement::join_cgroup(pid, &shim_cgroup)?;
+    }
+    crate::placement::adjust_oom_score(pid)
 }
 
 pub fn bundle_dir(flags: &Flags) -> io::Result<PathBuf> {
@@ -300,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn grouping_uses_the_sandbox_annotation_when_present() {
+    fn grouping_follows_the_group_then_the_sandbox_annotation() {
         let dir = std::env::temp_dir().join(format!("grouping-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         assert_eq!(grouping_id(&dir, "task"), "task");
@@ -310,6 +332,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(grouping_id(&dir, "task"), "pod1");
+        std::fs::write(
+            dir.join("config.json"),
+            r#"{"annotations":{"io.kubernetes.cri.sandbox-id":"pod1",
+                "io.containerd.runc.v2.group":"g1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(grouping_id(&dir, "task"), "g1");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

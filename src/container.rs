@@ -2,17 +2,20 @@
 //! exec processes by id. It acts (mounts, runs runc, signals, waits for its processes); it does
 //! not validate requests beyond what only it knows, and it does not publish events.
 
+use crate::cgroups::oom::OomWatch;
+use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::options::RuntimeOptions;
 use crate::process::{Kind, Process, Status};
 use crate::protos::mount::Mount;
 use crate::reaper::Reaper;
-use crate::runc::{CreateOpts, ExecOpts, Runc};
+use crate::runc::{CheckpointOpts, CreateOpts, ExecOpts, RestoreOpts, Runc};
 use crate::stdio::{self, OpenContext, Plan, StdioPaths};
+use protobuf::well_known_types::any::Any;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 /// The bundle file where `delete` finds the runtime options after a shim has died.
@@ -39,6 +42,20 @@ pub struct Container {
     reaper: Arc<Reaper>,
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Exec>>,
+    /// CRIU's image and work directories from the runtime options; empty for the defaults.
+    criu_image_path: String,
+    criu_work_path: String,
+    /// Set for a container created from a checkpoint: its init is restored at Start.
+    pending_restore: Mutex<Option<Restore>>,
+    /// Where runc placed the init, found once it exists.
+    cgroup: OnceLock<Cgroup>,
+    /// OOM kills in that cgroup, from the kernel.
+    oom: OnceLock<Arc<OomWatch>>,
+}
+
+struct Restore {
+    opts: RestoreOpts,
+    plan: Plan,
 }
 
 struct Exec {
@@ -57,6 +74,8 @@ pub struct CreateRequest<'a> {
     /// `stdio` as read before any side effect.
     pub plan: Plan,
     pub options: RuntimeOptions,
+    /// The checkpoint image to restore from at Start; empty for a new container.
+    pub checkpoint: &'a str,
 }
 
 impl Container {
@@ -64,13 +83,16 @@ impl Container {
     /// is left behind.
     pub async fn create(req: CreateRequest<'_>, reaper: Arc<Reaper>) -> Result<Container> {
         let spec = read_spec(req.bundle)?;
-        let runc = Runc::new(
+        let mut runc = Runc::new(
             req.options.binary(),
             Path::new(req.options.root()).join(req.namespace),
             req.bundle.join("log.json"),
             req.options.systemd_cgroup,
             reaper.clone(),
         )?;
+        if !req.options.criu_path.is_empty() {
+            runc.criu = Some(req.options.criu_path.clone().into());
+        }
         write_options(req.bundle, &req.options)?;
         let rootfs = req.bundle.join("rootfs");
         let mounted_rootfs = if req.rootfs.is_empty() {
@@ -97,7 +119,28 @@ impl Container {
             reaper,
             init: Arc::new(Process::new(req.id, Kind::Init, req.stdio)),
             execs: Mutex::new(HashMap::new()),
+            criu_image_path: req.options.criu_image_path.clone(),
+            criu_work_path: req.options.criu_work_path.clone(),
+            pending_restore: Mutex::new(None),
+            cgroup: OnceLock::new(),
+            oom: OnceLock::new(),
         };
+        if !req.checkpoint.is_empty() {
+            // As with the Go shim, nothing runs until Start restores the checkpoint.
+            let work_path = container.criu_work_dir().0;
+            *container.restore_slot() = Some(Restore {
+                opts: RestoreOpts {
+                    bundle: container.bundle.clone(),
+                    image_path: req.checkpoint.into(),
+                    work_path,
+                    pid_file: container.bundle.join(INIT_PID_FILE),
+                    no_pivot_root: req.options.no_pivot_root,
+                    no_new_keyring: req.options.no_new_keyring,
+                },
+                plan: req.plan,
+            });
+            return Ok(container);
+        }
         match container.create_init(&req.options, &req.plan).await {
             Ok(()) => Ok(container),
             Err(e) => {
@@ -128,9 +171,83 @@ impl Container {
         self.runc
             .create(&self.id, &self.bundle, &opts, child_stdio)
             .await?;
-        self.init.set_pid(read_pid(&pid_file)?);
+        let pid = read_pid(&pid_file)?;
+        self.init.set_pid(pid);
+        self.found_init(pid);
         self.init.set_io(opened.start(&self.id)?);
         Ok(())
+    }
+
+    /// Learns where the new init is accounted, and watches it for OOM kills from now on.
+    /// The container runs without either, so a failure is logged, not returned.
+    fn found_init(&self, pid: i32) {
+        let cgroup = match Cgroup::of_pid(pid) {
+            Ok(cgroup) => cgroup,
+            Err(e) => return log::warn!("cgroup of {} (pid {pid}): {e}", self.id),
+        };
+        match OomWatch::start(&cgroup) {
+            Ok(Some(watch)) => {
+                let _ = self.oom.set(Arc::new(watch));
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("OOM kills of {} will not be reported: {e}", self.id),
+        }
+        let _ = self.cgroup.set(cgroup);
+    }
+
+    /// The OOM watch of the container's cgroup, once its init exists.
+    pub fn oom_watch(&self) -> Option<Arc<OomWatch>> {
+        self.oom.get().cloned()
+    }
+
+    /// Whether the kernel has told of an OOM kill that nobody has reported yet.
+    pub fn oom_pending(&self) -> bool {
+        self.oom.get().is_some_and(|w| w.take_pending())
+    }
+
+    /// The container's resource figures, as containerd's metrics message for the host's
+    /// cgroup version.
+    pub async fn stats(&self) -> Result<Any> {
+        let cgroup = self.cgroup.get().cloned().ok_or_else(|| {
+            Error::NotFound(format!(
+                "container {:?} has no known cgroup: its init has not been created",
+                self.id
+            ))
+        })?;
+        // Many small reads of kernel files; off the thread that serves and copies.
+        tokio::task::spawn_blocking(move || cgroup.metrics())
+            .await
+            .map_err(|e| Error::Internal(format!("stats task failed: {e}")))?
+    }
+
+    fn restore_slot(&self) -> MutexGuard<'_, Option<Restore>> {
+        self.pending_restore
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// CRIU's work directory, and whether it is the shim's own (to be removed after use).
+    fn criu_work_dir(&self) -> (PathBuf, bool) {
+        if self.criu_work_path.is_empty() {
+            (self.bundle.join("criu-work"), true)
+        } else {
+            (PathBuf::from(&self.criu_work_path), false)
+        }
+    }
+
+    /// Refuses an exec while the init cannot take one, with the reason.
+    fn check_init_takes_execs(&self) -> Result<()> {
+        match self.init.snapshot().status {
+            Status::Created | Status::Running => Ok(()),
+            Status::Pausing | Status::Paused => Err(Error::FailedPrecondition(format!(
+                "cannot exec in container {:?}: it is paused",
+                self.id
+            ))),
+            Status::Stopped | Status::Deleted => Err(Error::FailedPrecondition(format!(
+                "cannot exec in container {:?}: its init process is not running",
+                self.id
+            ))),
+        }
     }
 
     fn execs(&self) -> MutexGuard<'_, HashMap<String, Exec>> {
@@ -169,13 +286,7 @@ impl Container {
             )));
         }
         // As with the Go shim, an exec may join a container whose init is created or running.
-        let init = self.init.snapshot().status;
-        if !matches!(init, Status::Created | Status::Running) {
-            return Err(Error::FailedPrecondition(format!(
-                "cannot exec in container {:?}: its init process is not running",
-                self.id
-            )));
-        }
+        self.check_init_takes_execs()?;
         let process = Arc::new(Process::new(&self.id, Kind::Exec(exec_id.into()), stdio));
         execs.insert(
             exec_id.to_string(),
@@ -192,6 +303,10 @@ impl Container {
     pub async fn start(&self, process: &Process) -> Result<i32> {
         match &process.kind {
             Kind::Init => {
+                let restore = self.restore_slot().take();
+                if let Some(restore) = restore {
+                    return self.restore_init(restore).await;
+                }
                 self.runc.start(&self.id).await?;
                 Ok(process.pid())
             }
@@ -199,14 +314,133 @@ impl Container {
         }
     }
 
-    async fn start_exec(&self, process: &Process, exec_id: &str) -> Result<i32> {
-        let init = self.init.snapshot().status;
-        if !matches!(init, Status::Created | Status::Running) {
-            return Err(Error::FailedPrecondition(format!(
-                "cannot start exec {exec_id:?}: the init process of {:?} is not running",
+    /// `runc restore` of a checkpointed init, with its streams as Create asked.
+    async fn restore_init(&self, restore: Restore) -> Result<i32> {
+        let (opened, child_stdio) =
+            stdio::open(&restore.plan, &self.open_context(&self.init)).await?;
+        let ran = self
+            .runc
+            .restore(&self.id, &restore.opts, child_stdio)
+            .await;
+        let ran = ran.map_err(|e| {
+            let log = restore.opts.work_path.join("restore.log");
+            let cause = std::fs::read_to_string(log)
+                .map(|log| criu_errors(&log))
+                .unwrap_or_default();
+            let text = e.to_string();
+            let summary = text.lines().next().unwrap_or_default();
+            if cause.is_empty() {
+                Error::Internal(format!("restore of {:?} failed: {summary}", self.id))
+            } else {
+                Error::Internal(format!(
+                    "restore of {:?} failed: {summary} (CRIU: {cause})",
+                    self.id
+                ))
+            }
+        });
+        if self.criu_work_path.is_empty() {
+            let _ = std::fs::remove_dir_all(&restore.opts.work_path);
+        }
+        if let Err(e) = ran {
+            // A later Start may try again.
+            *self.restore_slot() = Some(restore);
+            return Err(e);
+        }
+        let pid = read_pid(&restore.opts.pid_file)?;
+        self.init.set_pid(pid);
+        self.found_init(pid);
+        self.init.set_io(opened.start(&self.id)?);
+        Ok(pid)
+    }
+
+    /// Freezes every process of the container.
+    pub async fn pause(&self) -> Result<()> {
+        self.init.begin_pause()?;
+        let paused = self.runc.pause(&self.id).await;
+        self.init.finish_pause(paused.is_ok());
+        paused
+    }
+
+    /// Thaws a paused container.
+    pub async fn resume(&self) -> Result<()> {
+        self.init.begin_resume()?;
+        let resumed = self.runc.resume(&self.id).await;
+        self.init.finish_resume(resumed.is_ok());
+        resumed
+    }
+
+    /// Sets the container's resources: `resources` is a checked OCI LinuxResources (JSON).
+    pub async fn update(&self, resources: &[u8]) -> Result<()> {
+        match self.init.snapshot().status {
+            Status::Stopped | Status::Deleted => Err(Error::FailedPrecondition(format!(
+                "cannot update container {:?}: it has stopped",
                 self.id
+            ))),
+            _ if self.restore_slot().is_some() => Err(Error::FailedPrecondition(format!(
+                "cannot update container {:?}: it is not restored yet",
+                self.id
+            ))),
+            _ => self.runc.update(&self.id, resources).await,
+        }
+    }
+
+    /// Dumps the running (or paused) container to `opts.image_path` with CRIU. Where the
+    /// request names no work directory, the shim's own is used and removed afterwards.
+    pub async fn checkpoint(&self, mut opts: CheckpointOpts) -> Result<()> {
+        let status = self.init.snapshot().status;
+        if !matches!(status, Status::Running | Status::Paused) {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot checkpoint container {:?}: it is {}",
+                self.id,
+                format!("{status:?}").to_lowercase()
             )));
         }
+        if opts.image_path.as_os_str().is_empty() {
+            opts.image_path = PathBuf::from(&self.criu_image_path);
+        }
+        if opts.image_path.as_os_str().is_empty() {
+            return Err(Error::InvalidArgument(
+                "checkpoint names no image path".into(),
+            ));
+        }
+        let mut own_work_dir = false;
+        if opts.work_path.as_os_str().is_empty() {
+            (opts.work_path, own_work_dir) = self.criu_work_dir();
+        }
+        let done = self.runc.checkpoint(&self.id, &opts).await;
+        let dump_log = opts.work_path.join("dump.log");
+        let kept_log = self.bundle.join("criu-dump.log");
+        let done = done.map_err(|e| {
+            // runc's first line is its summary; the next names a log in the work directory,
+            // which is about to go: CRIU's own words and a kept copy of its log say more.
+            let text = e.to_string();
+            let summary = text.lines().next().unwrap_or_default();
+            let cause = std::fs::read_to_string(&dump_log)
+                .map(|log| criu_errors(&log))
+                .unwrap_or_default();
+            let cause = if cause.is_empty() {
+                String::new()
+            } else {
+                format!(" (CRIU: {cause})")
+            };
+            let log = match std::fs::copy(&dump_log, &kept_log) {
+                Ok(_) => format!("; CRIU's log: {}", kept_log.display()),
+                Err(_) => String::new(),
+            };
+            Error::Internal(format!(
+                "checkpoint of {:?} to {} failed: {summary}{cause}{log}",
+                self.id,
+                opts.image_path.display()
+            ))
+        });
+        if own_work_dir {
+            let _ = std::fs::remove_dir_all(&opts.work_path);
+        }
+        done
+    }
+
+    async fn start_exec(&self, process: &Process, exec_id: &str) -> Result<i32> {
+        self.check_init_takes_execs()?;
         let (spec, plan) = self
             .execs()
             .get(exec_id)
@@ -287,6 +521,11 @@ impl Container {
                 let _ = tokio::time::timeout(OUTPUT_IDLE_LIMIT * 5, process.wait()).await;
             }
             self.execs().remove(process.id());
+            return Ok(());
+        }
+        if never_started && self.restore_slot().take().is_some() {
+            // Never restored: there is no process and no runc container, only the mounts.
+            self.release_rootfs();
             return Ok(());
         }
         if never_started {
@@ -376,6 +615,9 @@ impl Container {
             Err(Error::NotFound(_)) => Ok(()),
             other => other,
         };
+        if let Some(watch) = self.oom.get() {
+            watch.close();
+        }
         self.release_rootfs();
         deleted
     }
@@ -441,6 +683,33 @@ pub fn prepare_exec_spec(json: &[u8], terminal: bool) -> Result<Vec<u8>> {
     serde_json::to_vec(&value).map_err(malformed)
 }
 
+/// The last few errors CRIU wrote to its log, without their source positions.
+fn criu_errors(log: &str) -> String {
+    let errors: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.find("Error (").map(|at| &l[at + "Error (".len()..]))
+        .map(|l| l.split_once("): ").map_or(l, |(_, msg)| msg).trim())
+        .filter(|m| !m.starts_with("exited, status"))
+        .collect();
+    errors[errors.len().saturating_sub(3)..].join("; ")
+}
+
+/// Checks an Update's resources (an OCI LinuxResources as JSON) and returns them as runc gets
+/// them: as sent, so fields newer than our spec types are kept.
+pub fn check_resources(json: &[u8]) -> Result<Vec<u8>> {
+    let malformed =
+        |e: serde_json::Error| Error::InvalidArgument(format!("malformed resources: {e}"));
+    let _: oci_spec::runtime::LinuxResources = serde_json::from_slice(json).map_err(malformed)?;
+    // serde reads a struct from an array too; runc wants an object.
+    let value: serde_json::Value = serde_json::from_slice(json).map_err(malformed)?;
+    if !value.is_object() {
+        return Err(Error::InvalidArgument(
+            "malformed resources: not a JSON object".into(),
+        ));
+    }
+    Ok(json.to_vec())
+}
+
 fn write_options(bundle: &Path, options: &RuntimeOptions) -> Result<()> {
     let path = bundle.join(OPTIONS_FILE);
     let text = serde_json::to_vec(options)
@@ -491,6 +760,38 @@ mod tests {
             ),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    #[test]
+    fn criu_errors_name_the_cause_without_source_positions() {
+        let log = "(00.001) Version: 3.17\n\
+            (00.01) Error (criu/util.c:642): exited, status=1\n\
+            (00.02) Error (criu/vdso.c:381): vdso: Unexpected rt vDSO area bounds\n\
+            Error (criu/kerndat.c:1615): kerndat_vdso_fill_symtable failed\n\
+            Error (criu/crtools.c:260): Could not initialize kernel features detection.\n";
+        assert_eq!(
+            criu_errors(log),
+            "vdso: Unexpected rt vDSO area bounds; kerndat_vdso_fill_symtable failed; \
+             Could not initialize kernel features detection."
+        );
+        assert_eq!(criu_errors("(00.0) all fine\n"), "");
+    }
+
+    #[test]
+    fn resources_are_checked_and_passed_as_sent() {
+        let good = br#"{"memory":{"limit":33554432},"pids":{"limit":20},"future":1}"#;
+        assert_eq!(check_resources(good).unwrap(), good.to_vec());
+        for bad in [
+            &b"not json"[..],
+            br#"[1]"#,
+            br#"{"memory":{"limit":"lots"}}"#,
+        ] {
+            assert!(
+                matches!(check_resources(bad), Err(Error::InvalidArgument(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

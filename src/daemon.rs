@@ -40,6 +40,9 @@ fn run_logged(flags: &Flags) -> Result<(), String> {
                 Default::default()
             })
     };
+    if let Err(e) = crate::placement::raise_open_files_limit() {
+        log::warn!("open-files limit stays as inherited: {e}");
+    }
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes a plain integer.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         return Err(format!(

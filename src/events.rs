@@ -15,6 +15,10 @@ pub const TASK_EXIT: &str = "/tasks/exit";
 pub const TASK_EXEC_ADDED: &str = "/tasks/exec-added";
 pub const TASK_EXEC_STARTED: &str = "/tasks/exec-started";
 pub const TASK_DELETE: &str = "/tasks/delete";
+pub const TASK_PAUSED: &str = "/tasks/paused";
+pub const TASK_RESUMED: &str = "/tasks/resumed";
+pub const TASK_CHECKPOINTED: &str = "/tasks/checkpointed";
+pub const TASK_OOM: &str = "/tasks/oom";
 
 const ATTEMPTS: u32 = 12;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -1,6 +1,7 @@
 //! containerd-shim-rust-v1: a containerd runtime v2 shim for runc.
 
 pub mod bootstrap;
+pub mod cgroups;
 pub mod cleanup;
 pub mod cli;
 pub mod container;
@@ -12,6 +13,7 @@ pub mod info;
 pub mod logger;
 pub mod mount;
 pub mod options;
+pub mod placement;
 pub mod process;
 pub mod protos;
 pub mod reaper;

@@ -33,4 +33,6 @@ generated!(
     runctypes,
     runtimeoptions,
     introspection,
+    cgroups_v1,
+    cgroups_v2,
 );

@@ -18,6 +18,8 @@ pub struct Runc {
     /// Where runc writes its JSON log; its last error is the message a failure carries.
     pub log: PathBuf,
     pub systemd_cgroup: bool,
+    /// CRIU binary for checkpoint and restore (`--criu`); runc's own default when None.
+    pub criu: Option<PathBuf>,
     reaper: Arc<Reaper>,
 }
 
@@ -33,6 +35,33 @@ pub struct ProcessStdio {
 
 #[derive(Default)]
 pub struct CreateOpts {
+    pub pid_file: PathBuf,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+}
+
+/// `runc checkpoint`: where the image goes, and what CRIU may leave as it is.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CheckpointOpts {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    /// Stop the container once dumped (otherwise `--leave-running`).
+    pub exit: bool,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    pub terminal: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: Vec<String>,
+    /// `--manage-cgroups-mode` (soft, full, strict, ignore); runc's default when empty.
+    pub cgroups_mode: String,
+}
+
+/// `runc restore --detach`: a created container from a checkpoint image.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreOpts {
+    pub bundle: PathBuf,
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
     pub pid_file: PathBuf,
     pub no_pivot_root: bool,
     pub no_new_keyring: bool,
@@ -58,6 +87,7 @@ impl Runc {
             root,
             log,
             systemd_cgroup,
+            criu: None,
             reaper,
         })
     }
@@ -70,6 +100,9 @@ impl Runc {
             .args(["--log-format", "json"]);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
+        }
+        if let Some(criu) = &self.criu {
+            cmd.arg("--criu").arg(criu);
         }
         cmd
     }
@@ -124,6 +157,40 @@ impl Runc {
         self.run_with_stdio("exec", cmd, stdio).await
     }
 
+    pub async fn pause(&self, id: &str) -> Result<()> {
+        self.simple(&["pause", id]).await
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<()> {
+        self.simple(&["resume", id]).await
+    }
+
+    /// `runc update --resources -`: `resources` is an OCI LinuxResources as JSON.
+    pub async fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        let mut cmd = self.command();
+        cmd.args(["update", "--resources", "-", id]);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.run_fed("update", cmd, resources).await.map(drop)
+    }
+
+    pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
+        let mut cmd = self.command();
+        cmd.args(checkpoint_args(id, opts));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.run("checkpoint", cmd).await.map(drop)
+    }
+
+    /// Restores a checkpointed container and returns once its init runs (`--detach`).
+    pub async fn restore(&self, id: &str, opts: &RestoreOpts, stdio: ProcessStdio) -> Result<()> {
+        let mut cmd = self.command();
+        cmd.args(restore_args(id, opts, stdio.console_socket.as_deref()));
+        self.run_with_stdio("restore", cmd, stdio).await
+    }
+
     pub async fn start(&self, id: &str) -> Result<()> {
         self.simple(&["start", id]).await
     }
@@ -175,7 +242,12 @@ impl Runc {
         self.run(what, cmd).await
     }
 
-    async fn run(&self, what: &str, mut cmd: Command) -> Result<Vec<u8>> {
+    async fn run(&self, what: &str, cmd: Command) -> Result<Vec<u8>> {
+        self.run_fed(what, cmd, &[]).await
+    }
+
+    /// Runs `cmd`, writing `input` to its stdin when that is piped.
+    async fn run_fed(&self, what: &str, mut cmd: Command, input: &[u8]) -> Result<Vec<u8>> {
         // Only what this command adds to the shared log speaks of its failure.
         let log_offset = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|e| {
@@ -184,9 +256,11 @@ impl Runc {
                 self.binary.display()
             ))
         })?;
+        let stdin = child.stdin.take().map(OwnedFd::from);
         let stdout = child.stdout.take().map(OwnedFd::from);
         let stderr = child.stderr.take().map(OwnedFd::from);
-        let (out, err) = tokio::join!(read_all(stdout), read_all(stderr));
+        let (_, out, err) =
+            tokio::join!(write_all(stdin, input), read_all(stdout), read_all(stderr));
         let exit = exited
             .await
             .map_err(|_| Error::Internal(format!("runc {what}: exit status lost")))?;
@@ -202,6 +276,65 @@ impl Runc {
         let detail = detail.strip_prefix(&prefix).unwrap_or(&detail);
         Err(classify(format!("{prefix}{detail}")))
     }
+}
+
+/// Feeds a child's stdin and closes it. A child that exits without reading it fails on its
+/// own terms, so a write error is not the error to report.
+async fn write_all(fd: Option<OwnedFd>, input: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if let Some(fd) = fd {
+        if let Ok(mut tx) = pipe::Sender::from_owned_fd(fd) {
+            let _ = tx.write_all(input).await;
+        }
+    }
+}
+
+fn checkpoint_args(id: &str, opts: &CheckpointOpts) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["checkpoint".into()];
+    args.extend(["--image-path".into(), opts.image_path.clone().into()]);
+    args.extend(["--work-path".into(), opts.work_path.clone().into()]);
+    let flags = [
+        (!opts.exit, "--leave-running"),
+        (opts.open_tcp, "--tcp-established"),
+        (opts.external_unix_sockets, "--ext-unix-sk"),
+        (opts.terminal, "--shell-job"),
+        (opts.file_locks, "--file-locks"),
+    ];
+    args.extend(flags.iter().filter(|(on, _)| *on).map(|(_, f)| f.into()));
+    for ns in &opts.empty_namespaces {
+        args.extend(["--empty-ns".into(), ns.into()]);
+    }
+    if !opts.cgroups_mode.is_empty() {
+        args.extend([
+            "--manage-cgroups-mode".into(),
+            opts.cgroups_mode.clone().into(),
+        ]);
+    }
+    args.push(id.into());
+    args
+}
+
+fn restore_args(
+    id: &str,
+    opts: &RestoreOpts,
+    console_socket: Option<&Path>,
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec!["restore".into(), "--detach".into()];
+    args.extend(["--bundle".into(), opts.bundle.clone().into()]);
+    args.extend(["--image-path".into(), opts.image_path.clone().into()]);
+    args.extend(["--work-path".into(), opts.work_path.clone().into()]);
+    args.extend(["--pid-file".into(), opts.pid_file.clone().into()]);
+    if opts.no_pivot_root {
+        args.push("--no-pivot".into());
+    }
+    if opts.no_new_keyring {
+        args.push("--no-new-keyring".into());
+    }
+    if let Some(socket) = console_socket {
+        args.extend(["--console-socket".into(), socket.into()]);
+    }
+    args.push(id.into());
+    args
 }
 
 async fn read_all(fd: Option<OwnedFd>) -> Vec<u8> {
@@ -314,6 +447,92 @@ mod tests {
         assert!(matches!(&err, Error::FailedPrecondition(m) if m.contains("/nonexistent/runc")));
         assert!(find_binary("no-such-runc-binary-anywhere").is_err());
         assert!(find_binary("sh").is_ok());
+    }
+
+    fn words(args: Vec<std::ffi::OsString>) -> Vec<String> {
+        args.into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn checkpoint_arguments_follow_the_options() {
+        let mut opts = CheckpointOpts {
+            image_path: "/img".into(),
+            work_path: "/work".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            words(checkpoint_args("c1", &opts)),
+            [
+                "checkpoint",
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/work",
+                "--leave-running",
+                "c1"
+            ]
+        );
+        opts.exit = true;
+        opts.open_tcp = true;
+        opts.external_unix_sockets = true;
+        opts.terminal = true;
+        opts.file_locks = true;
+        opts.empty_namespaces = vec!["network".into(), "ipc".into()];
+        opts.cgroups_mode = "soft".into();
+        assert_eq!(
+            words(checkpoint_args("c1", &opts)),
+            [
+                "checkpoint",
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/work",
+                "--tcp-established",
+                "--ext-unix-sk",
+                "--shell-job",
+                "--file-locks",
+                "--empty-ns",
+                "network",
+                "--empty-ns",
+                "ipc",
+                "--manage-cgroups-mode",
+                "soft",
+                "c1"
+            ]
+        );
+    }
+
+    #[test]
+    fn restore_arguments_follow_the_options() {
+        let opts = RestoreOpts {
+            bundle: "/b".into(),
+            image_path: "/img".into(),
+            work_path: "/w".into(),
+            pid_file: "/b/init.pid".into(),
+            no_pivot_root: true,
+            no_new_keyring: false,
+        };
+        assert_eq!(
+            words(restore_args("c1", &opts, Some(Path::new("/tmp/pty")))),
+            [
+                "restore",
+                "--detach",
+                "--bundle",
+                "/b",
+                "--image-path",
+                "/img",
+                "--work-path",
+                "/w",
+                "--pid-file",
+                "/b/init.pid",
+                "--no-pivot",
+                "--console-socket",
+                "/tmp/pty",
+                "c1"
+            ]
+        );
     }
 
     #[test]

@@ -9,14 +9,16 @@ use crate::exits::ProcessTable;
 use crate::options::{self, RuntimeOptions};
 use crate::process::{Process, Status};
 use crate::protos::events::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCheckpointed, TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO,
+    TaskOOM, TaskPaused, TaskResumed, TaskStart,
 };
-use crate::protos::runc_options::ProcessDetails;
+use crate::protos::runc_options::{CheckpointOptions, ProcessDetails};
 use crate::protos::shim::*;
 use crate::protos::shim_ttrpc::Task;
 use crate::protos::task::ProcessInfo;
 use crate::protos::task::Status as WireStatus;
 use crate::reaper::{Exit, Reaper};
+use crate::runc::CheckpointOpts;
 use crate::stdio::{self, StdioPaths};
 use crate::time::timestamp;
 use async_trait::async_trait;
@@ -119,6 +121,11 @@ impl Service {
         let publisher = self.publisher.clone();
         tokio::spawn(async move {
             container.finish_exit(&process).await;
+            // An OOM kill is told before the exit it caused: CRI reads "OOMKilled" from that
+            // order.
+            if process.is_init() && container.oom_pending() {
+                publish_oom(&publisher, &container.id);
+            }
             let event = TaskExit {
                 container_id: container.id.clone(),
                 id: process.id().to_string(),
@@ -132,14 +139,23 @@ impl Service {
         });
     }
 
+    /// Reports the container's OOM kills as the kernel tells of them, until its cgroup goes.
+    fn watch_oom(&self, container: &Container) {
+        let Some(watch) = container.oom_watch() else {
+            return;
+        };
+        let publisher = self.publisher.clone();
+        let id = container.id.clone();
+        tokio::spawn(async move {
+            while watch.next().await {
+                publish_oom(&publisher, &id);
+            }
+        });
+    }
+
     async fn create(self: Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("container id is empty".into()));
-        }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented(
-                "restore from checkpoint is not supported yet".into(),
-            ));
         }
         let options = match req.options.as_ref() {
             Some(any) if !any.type_url.is_empty() => options::decode(Some(any))?,
@@ -160,6 +176,7 @@ impl Service {
             stdio,
             plan,
             options,
+            checkpoint: &req.checkpoint,
         };
         let reservation = self.reserve(&req.id)?;
         let since = self.reaper.mark();
@@ -187,6 +204,7 @@ impl Service {
             ..Default::default()
         };
         self.publisher.publish(events::TASK_CREATE, &event);
+        self.watch_oom(&container);
         if let Some(exit) = early {
             self.exited(container, init, exit);
         }
@@ -199,6 +217,8 @@ impl Service {
     async fn start(self: Arc<Self>, req: StartRequest) -> Result<StartResponse> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
         process.begin_start()?;
+        // An init's pid is claimed at Create, unless it comes from a checkpoint restored now.
+        let claimed = process.pid() > 0;
         let since = self.reaper.mark();
         let pid = match container.start(&process).await {
             Ok(pid) => pid,
@@ -218,14 +238,17 @@ impl Service {
                 return Err(e);
             }
         };
-        // An exec's pid is new here; init's was claimed at Create, and its exit during the
-        // start is held by its state.
-        let early = if process.is_init() {
+        // An exit during the start is held by the process's state either way.
+        let early = if claimed {
             None
         } else {
             self.table
                 .claim(pid, (container.clone(), process.clone()), since)
         };
+        if process.is_init() && !claimed {
+            // Restored from a checkpoint: its cgroup is known only now.
+            self.watch_oom(&container);
+        }
         if process.is_init() {
             let event = TaskStart {
                 container_id: container.id.clone(),
@@ -314,9 +337,16 @@ impl Service {
     fn state(&self, req: StateRequest) -> Result<StateResponse> {
         let (container, process) = self.process(&req.id, &req.exec_id)?;
         let snap = process.snapshot();
-        let status = match snap.status {
+        // While the container is frozen, so are its running execs.
+        let status = match (snap.status, container.init.snapshot().status) {
+            (Status::Running, frozen @ (Status::Pausing | Status::Paused)) => frozen,
+            (own, _) => own,
+        };
+        let status = match status {
             Status::Created => WireStatus::CREATED,
             Status::Running => WireStatus::RUNNING,
+            Status::Pausing => WireStatus::PAUSING,
+            Status::Paused => WireStatus::PAUSED,
             Status::Stopped | Status::Deleted => WireStatus::STOPPED,
         };
         Ok(StateResponse {
@@ -362,6 +392,60 @@ impl Service {
             .collect();
         Ok(PidsResponse {
             processes,
+            ..Default::default()
+        })
+    }
+
+    async fn pause(self: Arc<Self>, req: PauseRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        container.pause().await?;
+        let event = TaskPaused {
+            container_id: req.id,
+            ..Default::default()
+        };
+        self.publisher.publish(events::TASK_PAUSED, &event);
+        Ok(())
+    }
+
+    async fn resume(self: Arc<Self>, req: ResumeRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        container.resume().await?;
+        let event = TaskResumed {
+            container_id: req.id,
+            ..Default::default()
+        };
+        self.publisher.publish(events::TASK_RESUMED, &event);
+        Ok(())
+    }
+
+    async fn update(self: Arc<Self>, req: UpdateTaskRequest) -> Result<()> {
+        let resources = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update request has no resources".into()))?;
+        let resources = container::check_resources(&resources.value)?;
+        // Annotations are accepted as containerd sends them; runc has no use for them.
+        let container = self.container(&req.id)?;
+        container.update(&resources).await
+    }
+
+    async fn checkpoint(self: Arc<Self>, req: CheckpointTaskRequest) -> Result<()> {
+        let container = self.container(&req.id)?;
+        let opts = checkpoint_options(&req)?;
+        container.checkpoint(opts).await?;
+        let event = TaskCheckpointed {
+            container_id: req.id,
+            checkpoint: req.path,
+            ..Default::default()
+        };
+        self.publisher.publish(events::TASK_CHECKPOINTED, &event);
+        Ok(())
+    }
+
+    async fn stats(self: Arc<Self>, req: StatsRequest) -> Result<StatsResponse> {
+        let stats = self.container(&req.id)?.stats().await?;
+        Ok(StatsResponse {
+            stats: MessageField::some(stats),
             ..Default::default()
         })
     }
@@ -421,6 +505,14 @@ impl Service {
     }
 }
 
+fn publish_oom(publisher: &Publisher, container_id: &str) {
+    let event = TaskOOM {
+        container_id: container_id.to_string(),
+        ..Default::default()
+    };
+    publisher.publish(events::TASK_OOM, &event);
+}
+
 /// Exec ids name files in the bundle: containerd's identifier rule (letters and digits,
 /// separated by single `.`, `_` or `-`), at most 76 characters.
 fn check_exec_id(id: &str) -> Result<()> {
@@ -448,6 +540,41 @@ fn check_exec_id(id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A checkpoint request as runc takes it; the image path is the request's, else the options'.
+fn checkpoint_options(req: &CheckpointTaskRequest) -> Result<CheckpointOpts> {
+    let options = match req.options.as_ref().filter(|a| !a.type_url.is_empty()) {
+        None => CheckpointOptions::default(),
+        Some(any) => {
+            let name = any.type_url.rsplit('/').next().unwrap_or_default();
+            if name != "containerd.runc.v1.CheckpointOptions" {
+                return Err(Error::InvalidArgument(format!(
+                    "unsupported checkpoint options type {:?} (expected \
+                     containerd.runc.v1.CheckpointOptions)",
+                    any.type_url
+                )));
+            }
+            protobuf::Message::parse_from_bytes(&any.value)
+                .map_err(|e| Error::InvalidArgument(format!("malformed checkpoint options: {e}")))?
+        }
+    };
+    let image_path = if req.path.is_empty() {
+        options.image_path
+    } else {
+        req.path.clone()
+    };
+    Ok(CheckpointOpts {
+        image_path: image_path.into(),
+        work_path: options.work_path.into(),
+        exit: options.exit,
+        open_tcp: options.open_tcp,
+        external_unix_sockets: options.external_unix_sockets,
+        terminal: options.terminal,
+        file_locks: options.file_locks,
+        empty_namespaces: options.empty_namespaces,
+        cgroups_mode: options.cgroups_mode,
+    })
+}
+
 struct Reservation<'a> {
     service: &'a Service,
     id: String,
@@ -457,10 +584,6 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         self.service.creating().remove(&self.id);
     }
-}
-
-fn unimplemented<T>(method: &str) -> ttrpc::Result<T> {
-    Err(Error::Unimplemented(format!("{method} is not implemented by this shim yet")).into())
 }
 
 /// Runs a request that changes state to its end even when ttrpc drops the handler because
@@ -511,16 +634,23 @@ impl Task for TaskService {
         reply("Pids", self.0.clone().pids(req).await)
     }
 
-    async fn pause(&self, _: &TtrpcContext, _: PauseRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Pause")
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> ttrpc::Result<Empty> {
+        let done = to_completion(self.0.clone().pause(req)).await;
+        reply("Pause", done.map(|()| Empty::new()))
     }
 
-    async fn resume(&self, _: &TtrpcContext, _: ResumeRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Resume")
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> ttrpc::Result<Empty> {
+        let done = to_completion(self.0.clone().resume(req)).await;
+        reply("Resume", done.map(|()| Empty::new()))
     }
 
-    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Checkpoint")
+    async fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        req: CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
+        let done = to_completion(self.0.clone().checkpoint(req)).await;
+        reply("Checkpoint", done.map(|()| Empty::new()))
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> ttrpc::Result<Empty> {
@@ -545,16 +675,17 @@ impl Task for TaskService {
         reply("CloseIO", self.0.close_io(req).map(|()| Empty::new()))
     }
 
-    async fn update(&self, _: &TtrpcContext, _: UpdateTaskRequest) -> ttrpc::Result<Empty> {
-        unimplemented("Update")
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> ttrpc::Result<Empty> {
+        let done = to_completion(self.0.clone().update(req)).await;
+        reply("Update", done.map(|()| Empty::new()))
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> ttrpc::Result<WaitResponse> {
         reply("Wait", self.0.clone().wait(req).await)
     }
 
-    async fn stats(&self, _: &TtrpcContext, _: StatsRequest) -> ttrpc::Result<StatsResponse> {
-        unimplemented("Stats")
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> ttrpc::Result<StatsResponse> {
+        reply("Stats", self.0.clone().stats(req).await)
     }
 
     async fn connect(

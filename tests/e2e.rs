@@ -14,6 +14,12 @@ mod exec;
 mod faults;
 #[path = "e2e/logs.rs"]
 mod logs;
+#[path = "e2e/options.rs"]
+mod options;
+#[path = "e2e/placement.rs"]
+mod placement;
+#[path = "e2e/taskapi.rs"]
+mod taskapi;
 #[path = "e2e/tty.rs"]
 mod tty;
 
@@ -23,6 +29,8 @@ use direct_tests::*;
 use exec::*;
 use faults::*;
 use logs::*;
+use options::*;
+use placement::*;
 use shim::protos::shim::{
     CreateTaskRequest, DeleteRequest, KillRequest, StartRequest, StateRequest, WaitRequest,
 };
@@ -31,6 +39,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
+use taskapi::*;
 use tty::*;
 
 type Test = fn(&mut Ctx) -> TestResult;
@@ -84,6 +93,20 @@ const TESTS: &[(&str, Test)] = tests![
     a_start_that_fails_after_the_exit_still_reports_it,
     a_create_that_fails_half_way_leaves_nothing,
     a_delete_that_fails_can_be_tried_again,
+    pause_freezes_and_resume_thaws,
+    update_sets_the_cgroup_limits,
+    checkpoint_without_a_working_criu_fails_clearly,
+    restore_without_a_working_criu_fails_clearly,
+    metrics_show_the_containers_memory_and_cpu,
+    an_oom_kill_is_told_before_the_exit,
+    the_shim_sits_above_containerd_and_may_open_many_files,
+    the_shim_joins_the_cgroup_its_options_name,
+    a_shim_cgroup_that_cannot_be_joined_fails_start,
+    a_group_of_three_containers_shares_one_shim,
+    runc_options_reach_the_binary_they_name,
+    crun_as_binary_name_runs_a_container,
+    systemd_cgroup_without_systemd_is_a_clear_error,
+    io_uid_and_gid_let_a_user_namespace_root_reopen_its_stdio,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -1056,6 +1079,14 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         "malformed_start_options_are_logged_and_ignored" if runtime == GO_SHIM => {
             Some("the Go shim takes only ShimCgroup from start's options".into())
         }
+        "crun_as_binary_name_runs_a_container" if !on_path("crun") => {
+            Some("crun is not installed (scripts/install.sh installs Debian's)".into())
+        }
+        "a_shim_cgroup_that_cannot_be_joined_fails_start" if runtime == GO_SHIM => Some(
+            "the Go shim joins a ShimCgroup only in the hierarchies where it exists, and \
+             starts in none when it exists nowhere"
+                .into(),
+        ),
         "start_options_are_the_default_for_create" if runtime == GO_SHIM => {
             Some("the Go shim takes only ShimCgroup from start's options".into())
         }

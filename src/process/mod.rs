@@ -101,8 +101,25 @@ impl Process {
         }
     }
 
-    pub fn is_running(&self) -> bool {
-        self.state().is_running()
+    pub fn begin_pause(&self) -> Result<()> {
+        self.state().begin_pause()
+    }
+
+    pub fn finish_pause(&self, paused: bool) {
+        self.state().finish_pause(paused)
+    }
+
+    pub fn begin_resume(&self) -> Result<()> {
+        self.state().begin_resume()
+    }
+
+    pub fn finish_resume(&self, resumed: bool) {
+        self.state().finish_resume(resumed)
+    }
+
+    /// Whether the process is (being) frozen.
+    pub fn is_paused(&self) -> bool {
+        self.state().is_paused()
     }
 
     pub fn begin_start(&self) -> Result<()> {

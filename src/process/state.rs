@@ -2,6 +2,8 @@
 //! FailedPrecondition (or NotFound, for a process that is gone) for every other.
 //!
 //! Created → Starting → Running → Exited (output draining) → Stopped → Deleting → Deleted.
+//! A running init can be frozen and thawed: Running → Pausing → Paused → Resuming → Running;
+//! it can exit (killed) from any of those.
 //! An exit seen while a start is in flight is held back until the start has been announced, so
 //! events stay in order (invariant 6). A Delete of a never-started init kills it, so Deleting
 //! still takes the exit and the drain of the state it came from.
@@ -14,6 +16,10 @@ use crate::reaper::Exit;
 pub enum Status {
     Created,
     Running,
+    /// `runc pause` is under way.
+    Pausing,
+    /// Frozen: its processes do not run until resumed.
+    Paused,
     /// Exited (its output may still be draining); the exit is known.
     Stopped,
     Deleted,
@@ -26,6 +32,9 @@ pub(super) enum State {
         held: Option<Exit>,
     },
     Running,
+    Pausing,
+    Paused,
+    Resuming,
     /// The process is gone; its output is still draining.
     Exited(Exit),
     /// Exited and drained.
@@ -81,7 +90,7 @@ impl State {
                 *held = Some(exit);
                 None
             }
-            State::Created | State::Running => {
+            State::Created | State::Running | State::Pausing | State::Paused | State::Resuming => {
                 *self = State::Exited(exit);
                 Some(exit)
             }
@@ -111,6 +120,9 @@ impl State {
             }
             State::Starting { .. } => Err(precondition("cannot delete a process while it starts")),
             State::Running => Err(precondition("cannot delete a running process")),
+            State::Pausing | State::Paused | State::Resuming => Err(precondition(
+                "cannot delete a paused container: resume or kill it first",
+            )),
             State::Deleting(_) => Err(precondition("process is already being deleted")),
             State::Deleted(_) => Err(Error::NotFound("process is already deleted".into())),
         }
@@ -141,9 +153,61 @@ impl State {
         }
     }
 
-    /// Whether the process has been started and has not yet exited.
-    pub fn is_running(&self) -> bool {
-        matches!(self, State::Running)
+    /// Claims a `runc pause`: only a running process can be frozen.
+    pub fn begin_pause(&mut self) -> Result<()> {
+        match self {
+            State::Running => {
+                *self = State::Pausing;
+                Ok(())
+            }
+            State::Pausing | State::Paused => Err(precondition("container is already paused")),
+            other => Err(precondition(&format!(
+                "cannot pause a container that is {}",
+                other.word()
+            ))),
+        }
+    }
+
+    /// The pause ended, frozen or not; an exit meanwhile is kept.
+    pub fn finish_pause(&mut self, paused: bool) {
+        if matches!(self, State::Pausing) {
+            *self = if paused {
+                State::Paused
+            } else {
+                State::Running
+            };
+        }
+    }
+
+    /// Claims a `runc resume`: only a paused process can be thawed.
+    pub fn begin_resume(&mut self) -> Result<()> {
+        match self {
+            State::Paused => {
+                *self = State::Resuming;
+                Ok(())
+            }
+            State::Resuming => Err(precondition("container is already being resumed")),
+            other => Err(precondition(&format!(
+                "cannot resume a container that is {}",
+                other.word()
+            ))),
+        }
+    }
+
+    /// The resume ended, thawed or not; an exit meanwhile is kept.
+    pub fn finish_resume(&mut self, resumed: bool) {
+        if matches!(self, State::Resuming) {
+            *self = if resumed {
+                State::Running
+            } else {
+                State::Paused
+            };
+        }
+    }
+
+    /// Whether the container's processes are (being) frozen.
+    pub fn is_paused(&self) -> bool {
+        matches!(self, State::Pausing | State::Paused | State::Resuming)
     }
 
     /// Whether the process may still produce an exit: starting, running, or exited with its
@@ -151,7 +215,12 @@ impl State {
     pub fn is_live(&self) -> bool {
         matches!(
             self,
-            State::Starting { .. } | State::Running | State::Exited(_)
+            State::Starting { .. }
+                | State::Running
+                | State::Pausing
+                | State::Paused
+                | State::Resuming
+                | State::Exited(_)
         )
     }
 
@@ -179,6 +248,9 @@ impl State {
             // Until runc has started it, a process is as created as the Go shim says.
             State::Created | State::Starting { .. } => (Status::Created, None),
             State::Running => (Status::Running, None),
+            State::Pausing => (Status::Pausing, None),
+            // Until runc has thawed it, it is as paused as the Go shim says.
+            State::Paused | State::Resuming => (Status::Paused, None),
             State::Exited(e) | State::Stopped(e) => (Status::Stopped, Some(*e)),
             State::Deleting(from) => from.public(),
             State::Deleted(e) => (Status::Deleted, *e),
@@ -190,6 +262,9 @@ impl State {
             State::Created => "created",
             State::Starting { .. } => "starting",
             State::Running => "running",
+            State::Pausing => "pausing",
+            State::Paused => "paused",
+            State::Resuming => "resuming",
             State::Exited(_) => "exited",
             State::Stopped(_) => "stopped",
             State::Deleting(_) => "being deleted",
@@ -298,6 +373,46 @@ mod tests {
         assert_eq!(s.public(), (Status::Stopped, Some(e)));
         s.abort_delete();
         assert_eq!(s, State::Stopped(e), "a failed delete keeps the exit");
+    }
+
+    #[test]
+    fn a_paused_container_can_be_killed_but_not_deleted() {
+        let mut s = State::Running;
+        assert!(matches!(
+            s.begin_resume(),
+            Err(Error::FailedPrecondition(_))
+        ));
+        s.begin_pause().unwrap();
+        assert_eq!(s.public(), (Status::Pausing, None));
+        assert!(matches!(s.begin_pause(), Err(Error::FailedPrecondition(_))));
+        s.finish_pause(true);
+        assert_eq!(s.public(), (Status::Paused, None));
+        assert!(s.check_kill().is_ok());
+        assert!(matches!(
+            s.begin_delete(),
+            Err(Error::FailedPrecondition(m)) if m.contains("paused")
+        ));
+        let e = exit(1, 137);
+        assert_eq!(s.exited(e), Some(e), "a killed paused container exits");
+        s.finish_resume(true);
+        assert_eq!(s.public(), (Status::Stopped, Some(e)), "the exit is kept");
+    }
+
+    #[test]
+    fn a_failed_pause_or_resume_leaves_the_state_as_it_was() {
+        let mut s = State::Running;
+        s.begin_pause().unwrap();
+        s.finish_pause(false);
+        assert_eq!(s, State::Running);
+        s.begin_pause().unwrap();
+        s.finish_pause(true);
+        s.begin_resume().unwrap();
+        assert_eq!(s.public(), (Status::Paused, None));
+        s.finish_resume(false);
+        assert_eq!(s, State::Paused);
+        s.begin_resume().unwrap();
+        s.finish_resume(true);
+        assert_eq!(s, State::Running);
     }
 
     #[test]

@@ -58,6 +58,31 @@ task_calls! {
     close_io, "CloseIO", CloseIORequest, protobuf::well_known_types::empty::Empty;
     pids, "Pids", PidsRequest, PidsResponse;
     shutdown, "Shutdown", ShutdownRequest, protobuf::well_known_types::empty::Empty;
+    pause, "Pause", PauseRequest, protobuf::well_known_types::empty::Empty;
+    resume, "Resume", ResumeRequest, protobuf::well_known_types::empty::Empty;
+    update, "Update", UpdateTaskRequest, protobuf::well_known_types::empty::Empty;
+    checkpoint, "Checkpoint", CheckpointTaskRequest, protobuf::well_known_types::empty::Empty;
+    stats, "Stats", StatsRequest, StatsResponse;
+}
+
+/// A client of the shim containerd started for task `id`, found through the bundle: containerd
+/// 2.x records the shim's bootstrap in `bootstrap.json`, 1.x's shims write `address`.
+pub fn task_api_of(
+    ctx: &super::Ctx,
+    id: &str,
+) -> Result<(tokio::runtime::Runtime, TaskApi), String> {
+    let bundle = ctx.daemon.bundles(&ctx.ns).join(id);
+    let (address, version) = ["bootstrap.json", "address"]
+        .iter()
+        .find_map(|f| fs::read_to_string(bundle.join(f)).ok())
+        .ok_or_else(|| format!("{} names no shim address", bundle.display()))
+        .and_then(|text| parse_bootstrap(&text))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let api = rt.block_on(TaskApi::dial(&address, version))?;
+    Ok((rt, api))
 }
 
 /// The address and task API version a shim's `start` printed: a plain address (version 2), or
@@ -229,6 +254,42 @@ impl DirectShim {
             .unwrap_or_else(|e| e.into_inner())
             .push(id.to_string());
         make_bundle(&self.scratch.dir, id, args)
+    }
+
+    /// A Create of `id` in the bundle made for it, with `options` as
+    /// `containerd.runc.v1.Options` when given.
+    pub fn create_request(
+        &self,
+        id: &str,
+        options: Option<shim::protos::runc_options::Options>,
+    ) -> CreateTaskRequest {
+        use protobuf::Message;
+        let options = options.map_or_else(protobuf::MessageField::none, |o| {
+            let mut any = protobuf::well_known_types::any::Any::new();
+            any.type_url = "containerd.runc.v1.Options".into();
+            any.value = o.write_to_bytes().unwrap_or_default();
+            protobuf::MessageField::some(any)
+        });
+        CreateTaskRequest {
+            id: id.into(),
+            bundle: self.bundle_path(id).to_string_lossy().into_owned(),
+            options,
+            ..Default::default()
+        }
+    }
+
+    /// Waits for the exit of `id`'s init, for at most `limit`: past it the exit was lost.
+    pub fn wait_exit(&self, id: &str, limit: Duration) -> Result<WaitResponse, String> {
+        let req = WaitRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(limit, self.client.wait(Self::ctx(), &req)).await
+            })
+            .map_err(|_| format!("Wait {id} never returned: the exit was lost"))?
+            .map_err(|e| format!("Wait {id}: {e}"))
     }
 
     pub fn ctx() -> ttrpc::context::Context {

@@ -228,6 +228,11 @@ impl Containerd {
     }
 
     /// Answers, or is started again; an error names a containerd that stays down.
+    /// containerd's own pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn ensure_running(&mut self) -> Result<(), String> {
         if self.ctr("default", &["version"]).status.success() {
             return Ok(());
@@ -791,6 +796,17 @@ impl Events {
         limit: Duration,
         enough: impl Fn(&[Event]) -> bool,
     ) -> Vec<Event> {
+        self.collect_of(&[id], limit, enough)
+    }
+
+    /// The events of any of the containers `ids`, in arrival order, until `enough` says so
+    /// or `limit` passes.
+    pub fn collect_of(
+        &self,
+        ids: &[&str],
+        limit: Duration,
+        enough: impl Fn(&[Event]) -> bool,
+    ) -> Vec<Event> {
         let deadline = Instant::now() + limit;
         let mut got = Vec::new();
         while !enough(&got) {
@@ -798,7 +814,7 @@ impl Events {
             let Ok(line) = self.lines.recv_timeout(left) else {
                 break;
             };
-            if let Some(e) = Event::parse(&line).filter(|e| e.container() == id) {
+            if let Some(e) = Event::parse(&line).filter(|e| ids.contains(&e.container())) {
                 got.push(e);
             }
         }

@@ -6,7 +6,6 @@ use crate::common::direct::DirectShim;
 use crate::common::*;
 use crate::ensure;
 use crate::shim_binary;
-use protobuf::Message;
 use shim::protos::shim::*;
 use shim::protos::task::Status as TaskStatus;
 use std::path::{Path, PathBuf};
@@ -73,15 +72,7 @@ impl Wrapper {
             binary_name: self.path.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let mut any = protobuf::well_known_types::any::Any::new();
-        any.type_url = "containerd.runc.v1.Options".into();
-        any.value = options.write_to_bytes().unwrap_or_default();
-        CreateTaskRequest {
-            id: id.into(),
-            bundle: sh.bundle_path(id).to_string_lossy().into_owned(),
-            options: protobuf::MessageField::some(any),
-            ..Default::default()
-        }
+        sh.create_request(id, Some(options))
     }
 }
 
@@ -103,17 +94,7 @@ fn state(sh: &DirectShim, id: &str) -> ttrpc::Result<StateResponse> {
 }
 
 fn wait(sh: &DirectShim, id: &str) -> Result<WaitResponse, String> {
-    let r: WaitRequest = req_id(|r: &mut WaitRequest| r.id = id.into());
-    sh.rt
-        .block_on(async {
-            tokio::time::timeout(
-                Duration::from_secs(15),
-                sh.client.wait(DirectShim::ctx(), &r),
-            )
-            .await
-        })
-        .map_err(|_| format!("Wait {id} never returned: the exit was lost"))?
-        .map_err(|e| format!("Wait {id}: {e}"))
+    sh.wait_exit(id, Duration::from_secs(15))
 }
 
 fn delete(sh: &DirectShim, id: &str) -> ttrpc::Result<DeleteResponse> {
