@@ -18,6 +18,7 @@ const PROTOS: &[&str] = &[
     "introspection.proto",
     "cgroups_v1.proto",
     "cgroups_v2.proto",
+    "bootstrap.proto",
 ];
 
 fn main() {

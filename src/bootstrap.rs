@@ -1,7 +1,10 @@
-//! `start`: find or make the shim socket for this task's group, spawn the daemon copy of
-//! ourselves with the listener inherited, record the address in the bundle and print it.
+//! `start`: read what containerd sent on stdin, find or make the shim socket for this task's
+//! group, spawn the daemon copy of ourselves with the listener inherited, record the address
+//! in the bundle and answer in the form containerd asked in.
 
 use crate::cli::Flags;
+use crate::protos::bootstrap::{BootstrapParams, BootstrapResult};
+use protobuf::Message;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -23,10 +26,95 @@ const GROUP_ANNOTATIONS: [&str; 2] = [
 /// `unix:///run/containerd/s/<sha256 of "<containerd address>/<namespace>/<group>">`, with the
 /// joined path cleaned as Go's filepath.Join does, so both shims agree on it.
 pub fn socket_address(containerd_address: &str, namespace: &str, group: &str) -> String {
+    socket_address_in(Path::new(SOCKET_DIR), containerd_address, namespace, group)
+}
+
+/// As `socket_address`, in `dir` (containerd 2.3's socket_dir).
+pub fn socket_address_in(
+    dir: &Path,
+    containerd_address: &str,
+    namespace: &str,
+    group: &str,
+) -> String {
     let joined = clean_path(&format!("{containerd_address}/{namespace}/{group}"));
     let digest = Sha256::digest(joined.as_bytes());
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("unix://{SOCKET_DIR}/{hex}")
+    format!("unix://{}", dir.join(hex).display())
+}
+
+/// What containerd wrote on `start`'s stdin: containerd 2.3's BootstrapParams for this very
+/// task, or, from earlier lines (and runc-v1 style shims), the runtime options Any alone or
+/// nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Handshake {
+    Bootstrap {
+        /// The runtime options Any from the params' extensions, serialized; empty for none.
+        options: Vec<u8>,
+        socket_dir: Option<PathBuf>,
+    },
+    Legacy {
+        options: Vec<u8>,
+    },
+}
+
+impl Handshake {
+    /// Reads stdin's bytes. An options Any can decode as BootstrapParams by accident (both
+    /// open with two string fields), so only params that name this task's id and namespace
+    /// count as a bootstrap.
+    pub fn read(flags: &Flags, stdin: Vec<u8>) -> Handshake {
+        match BootstrapParams::parse_from_bytes(&stdin) {
+            Ok(p) if p.instance_id == flags.id && p.namespace == flags.namespace => {
+                let options = p
+                    .extensions
+                    .iter()
+                    .find_map(|e| e.value.as_ref())
+                    .map(|any| any.write_to_bytes().unwrap_or_default())
+                    .unwrap_or_default();
+                let socket_dir = p.socket_dir.filter(|d| !d.is_empty()).map(PathBuf::from);
+                Handshake::Bootstrap {
+                    options,
+                    socket_dir,
+                }
+            }
+            _ => Handshake::Legacy { options: stdin },
+        }
+    }
+
+    fn options(&self) -> &[u8] {
+        match self {
+            Handshake::Bootstrap { options, .. } | Handshake::Legacy { options } => options,
+        }
+    }
+
+    fn socket_dir(&self) -> &Path {
+        match self {
+            Handshake::Bootstrap {
+                socket_dir: Some(dir),
+                ..
+            } => dir,
+            _ => Path::new(SOCKET_DIR),
+        }
+    }
+
+    /// What `start` prints for `address`: a BootstrapResult (version 3, the address, ttrpc;
+    /// in field order, so its first byte is the version's tag and its last a letter of
+    /// "ttrpc": containerd 2.3.0 to 2.3.3 trim whitespace off the reply before decoding it)
+    /// to a bootstrap; else as earlier lines read it.
+    pub fn reply(&self, address: &str) -> Vec<u8> {
+        match self {
+            Handshake::Bootstrap { .. } => {
+                let result = BootstrapResult {
+                    version: TASK_API_VERSION as i32,
+                    address: address.to_string(),
+                    protocol: "ttrpc".to_string(),
+                    ..Default::default()
+                };
+                // Three set fields of a message we built: encoding cannot fail.
+                result.write_to_bytes().unwrap_or_default()
+            }
+            Handshake::Legacy { .. } => announcement(address).into_bytes(),
+        }
+    }
 }
 
 /// Lexical cleaning as Go's path.Clean: no empty or `.` elements, `..` resolved.
@@ -95,25 +183,32 @@ fn announcement_for(address: &str, max_version: Option<&str>) -> String {
     }
 }
 
-pub fn run(flags: &Flags) -> io::Result<String> {
+/// Runs `start`; returns what to print on stdout.
+pub fn run(flags: &Flags) -> io::Result<Vec<u8>> {
+    let handshake = Handshake::read(flags, read_stdin());
     let bundle = bundle_dir(flags)?;
     let group = grouping_id(&bundle, &flags.id);
-    let address = socket_address(&flags.address, &flags.namespace, &group);
+    let address = socket_address_in(
+        handshake.socket_dir(),
+        &flags.address,
+        &flags.namespace,
+        &group,
+    );
     let path = socket_path(&address).to_path_buf();
     let Some(listener) = bind(&path)? else {
         // A live shim already serves this group.
         write_address(&bundle, &address)?;
-        return Ok(address);
+        return Ok(handshake.reply(&address));
     };
-    let options = read_options_from_stdin();
-    let mut daemon = match spawn_daemon(flags, &bundle, listener, &options) {
+    let options = handshake.options();
+    let mut daemon = match spawn_daemon(flags, &bundle, listener, options) {
         Ok(child) => child,
         Err(e) => {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
     };
-    let placed = place_daemon(daemon.id(), &options);
+    let placed = place_daemon(daemon.id(), options);
     if let Err(e) = placed.and_then(|()| write_address(&bundle, &address)) {
         // Misplaced, or without the address containerd never reaches it: do not leave it.
         let _ = daemon.kill();
@@ -121,12 +216,11 @@ pub fn run(flags: &Flags) -> io::Result<String> {
         let _ = std::fs::remove_file(&path);
         return Err(e);
     }
-    Ok(address)
+    Ok(handshake.reply(&address))
 }
 
 /// Puts the new daemon where the runtime options and containerd's own OOM score say.
 fn place_daemon(pid: u32, options: &[u8]) -> io::Result<()> {
-    use protobuf::Message;
     // Options that do not decode are the daemon's to report (it logs and ignores them).
     let shim_cgroup = protobuf::well_known_types::any::Any::parse_from_bytes(options)
         .ok()
@@ -184,8 +278,8 @@ fn bind_error(path: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("bind {}: {e}", path.display()))
 }
 
-/// The runtime options containerd may write on our stdin; nothing when stdin is a terminal.
-fn read_options_from_stdin() -> Vec<u8> {
+/// What containerd wrote on our stdin; nothing when stdin is a terminal.
+fn read_stdin() -> Vec<u8> {
     let mut buf = Vec::new();
     if unsafe { libc::isatty(0) } == 0 {
         let _ = io::stdin().read_to_end(&mut buf);
@@ -340,5 +434,129 @@ mod tests {
         .unwrap();
         assert_eq!(grouping_id(&dir, "task"), "g1");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn task_flags() -> Flags {
+        Flags {
+            namespace: "k8s.io".into(),
+            id: "task1".into(),
+            ..Default::default()
+        }
+    }
+
+    fn options_any() -> protobuf::well_known_types::any::Any {
+        let options = crate::protos::runc_options::Options {
+            binary_name: "crun".into(),
+            ..Default::default()
+        };
+        let mut any = protobuf::well_known_types::any::Any::new();
+        any.type_url = "containerd.runc.v1.Options".into();
+        any.value = options.write_to_bytes().unwrap();
+        any
+    }
+
+    #[test]
+    fn bootstrap_params_for_this_task_carry_the_options_and_socket_dir() {
+        let mut params = BootstrapParams {
+            instance_id: "task1".into(),
+            namespace: "k8s.io".into(),
+            containerd_ttrpc_address: "/run/containerd/containerd.sock.ttrpc".into(),
+            socket_dir: Some("/run/alt/s".into()),
+            ..Default::default()
+        };
+        params.extensions.push(crate::protos::bootstrap::Extension {
+            value: protobuf::MessageField::some(options_any()),
+            ..Default::default()
+        });
+        let handshake = Handshake::read(&task_flags(), params.write_to_bytes().unwrap());
+        assert_eq!(
+            handshake,
+            Handshake::Bootstrap {
+                options: options_any().write_to_bytes().unwrap(),
+                socket_dir: Some(PathBuf::from("/run/alt/s")),
+            }
+        );
+        assert_eq!(handshake.socket_dir(), Path::new("/run/alt/s"));
+        let no_options = BootstrapParams {
+            instance_id: "task1".into(),
+            namespace: "k8s.io".into(),
+            ..Default::default()
+        };
+        let handshake = Handshake::read(&task_flags(), no_options.write_to_bytes().unwrap());
+        assert_eq!(handshake.options(), b"");
+        assert_eq!(handshake.socket_dir(), Path::new(SOCKET_DIR));
+    }
+
+    #[test]
+    fn an_options_any_that_decodes_as_params_of_another_task_is_the_options() {
+        // An Any's type URL and value are string fields 1 and 2, as instance_id and namespace.
+        let raw = options_any().write_to_bytes().unwrap();
+        let accidental = BootstrapParams::parse_from_bytes(&raw).expect("decodes by accident");
+        assert_eq!(accidental.instance_id, "containerd.runc.v1.Options");
+        assert_eq!(
+            Handshake::read(&task_flags(), raw.clone()),
+            Handshake::Legacy { options: raw }
+        );
+        assert_eq!(
+            Handshake::read(&task_flags(), Vec::new()),
+            Handshake::Legacy {
+                options: Vec::new()
+            }
+        );
+    }
+
+    /// Go's bytes.TrimSpace, as containerd 2.3.0 to 2.3.3 apply it to the whole reply.
+    fn go_trim_space(mut b: &[u8]) -> &[u8] {
+        let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+        while let Some((&c, rest)) = b.split_first() {
+            if space(c) {
+                b = rest;
+            } else if b.starts_with(&[0xc2, 0x85]) || b.starts_with(&[0xc2, 0xa0]) {
+                b = &b[2..];
+            } else {
+                break;
+            }
+        }
+        while let Some((&c, rest)) = b.split_last() {
+            if space(c) {
+                b = rest;
+            } else if b.ends_with(&[0xc2, 0x85]) || b.ends_with(&[0xc2, 0xa0]) {
+                b = &b[..b.len() - 2];
+            } else {
+                break;
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn the_bootstrap_result_survives_a_whitespace_trim_whatever_the_address() {
+        let handshake = Handshake::Bootstrap {
+            options: Vec::new(),
+            socket_dir: None,
+        };
+        // Lengths that put a whitespace byte (9 to 13, 32) in the address's length prefix.
+        for len in [9usize, 10, 11, 12, 13, 32, 60, 200] {
+            let address = format!("unix:///{}", "a".repeat(len.saturating_sub(8)));
+            let reply = handshake.reply(&address);
+            assert_eq!(reply.first(), Some(&0x08), "the version's tag comes first");
+            assert_eq!(reply.last(), Some(&b'c'), "\"ttrpc\" comes last");
+            let trimmed = go_trim_space(&reply);
+            assert_eq!(trimmed, &reply[..]);
+            let result = BootstrapResult::parse_from_bytes(trimmed).unwrap();
+            assert_eq!(
+                (
+                    result.version,
+                    result.address.as_str(),
+                    result.protocol.as_str()
+                ),
+                (3, address.as_str(), "ttrpc")
+            );
+            assert!(result.metadata.is_empty() && result.capabilities.is_empty());
+        }
+        let legacy = Handshake::Legacy {
+            options: Vec::new(),
+        };
+        assert!(!legacy.reply("unix:///x").is_empty());
     }
 }

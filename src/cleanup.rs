@@ -33,11 +33,17 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>, String> {
     response.write_to_bytes().map_err(|e| e.to_string())
 }
 
-/// The socket of a shim that died stays on disk; nothing answers on it any more.
+/// The socket of a shim that died stays on disk; nothing answers on it any more. Its address
+/// is the one `start` recorded in the bundle (containerd 2.3 may have placed it elsewhere).
 fn remove_dead_socket(flags: &Flags, bundle: &Path) {
-    let group = crate::bootstrap::grouping_id(bundle, &flags.id);
-    let address = crate::bootstrap::socket_address(&flags.address, &flags.namespace, &group);
-    let path = crate::bootstrap::socket_path(&address);
+    let address = std::fs::read_to_string(bundle.join("address"))
+        .ok()
+        .filter(|a| a.starts_with("unix://"))
+        .unwrap_or_else(|| {
+            let group = crate::bootstrap::grouping_id(bundle, &flags.id);
+            crate::bootstrap::socket_address(&flags.address, &flags.namespace, &group)
+        });
+    let path = crate::bootstrap::socket_path(address.trim());
     if path.exists() && std::os::unix::net::UnixStream::connect(path).is_err() {
         if let Err(e) = std::fs::remove_file(path) {
             eprintln!("failed to remove {}: {e}", path.display());

@@ -1,6 +1,6 @@
-//! `-info`: the RuntimeInfo containerd 2.x asks a shim for (for `ctr plugins inspect-runtime`
-//! and CRI's feature checks): our name and version, the options it sent us, and runc's
-//! features document.
+//! `-info`: the RuntimeInfo containerd 2.x asks a shim for (for `ctr plugins inspect-runtime`,
+//! CRI's feature checks and, from 2.2, at every Create with empty stdin): our name and version,
+//! the options it sent us, runc's features document, and the mount types we mount ourselves.
 
 use crate::options;
 use crate::protos::introspection::{RuntimeInfo, RuntimeVersion};
@@ -33,6 +33,11 @@ pub fn run() -> Result<Vec<u8>, String> {
         ..Default::default()
     });
     info.options = options_any.into();
+    // containerd 2.2+ leaves these mount types for the shim to mount.
+    info.annotations.insert(
+        "containerd.io/runtime-allow-mounts".to_string(),
+        crate::mount::ALLOWED_TYPES.to_string(),
+    );
     // A runc without `features` (before 1.1) leaves the field empty, as the Go shim does.
     if let Some(features) = runc_features(&runc) {
         let mut any = Any::new();

@@ -33,8 +33,12 @@ fn main() -> ExitCode {
     }
     let result = match flags.action {
         Action::Start => shim::bootstrap::run(&flags)
-            .map(|address| print!("{}", shim::bootstrap::announcement(&address)))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string())
+            .and_then(|reply| {
+                std::io::stdout()
+                    .write_all(&reply)
+                    .map_err(|e| e.to_string())
+            }),
         Action::Delete => shim::cleanup::run(&flags).and_then(|bytes| {
             std::io::stdout()
                 .write_all(&bytes)

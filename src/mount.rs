@@ -61,6 +61,34 @@ fn parse_options(options: &[String]) -> Parsed {
     }
 }
 
+/// The mount types `-info` tells containerd 2.2+ this shim mounts itself
+/// (`containerd.io/runtime-allow-mounts`): plain mount(2) types. Not erofs, nor the
+/// `format/`, `mkfs/` or `mkdir/` templates, which containerd's mount manager must resolve.
+pub const ALLOWED_TYPES: &str = "bind,overlay,tmpfs";
+
+/// Refuses what containerd's mount manager should have resolved before Create: an option it
+/// keeps for itself (`X-containerd.*`) or a template type (`mkfs/ext4`). Mounting either
+/// as given would mount the wrong thing, silently.
+pub fn check(mounts: &[Mount]) -> Result<()> {
+    for m in mounts {
+        if let Some(option) = m.options.iter().find(|o| o.starts_with("X-containerd.")) {
+            return Err(Error::InvalidArgument(format!(
+                "mount of {} ({}) carries containerd's own option {option:?}: containerd's \
+                 mount manager must resolve it before Create",
+                m.source, m.type_
+            )));
+        }
+        if m.type_.contains('/') {
+            return Err(Error::InvalidArgument(format!(
+                "mount of {} has the template type {:?}: containerd's mount manager must \
+                 resolve it before Create",
+                m.source, m.type_
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Mounts every entry at `target`, in order; on failure, unmounts what it mounted.
 pub fn mount_all(mounts: &[Mount], target: &Path) -> Result<()> {
     for (i, m) in mounts.iter().enumerate() {
@@ -138,6 +166,30 @@ mod tests {
             MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY
         );
         assert_eq!(p.data, "");
+    }
+
+    #[test]
+    fn mounts_containerd_should_have_resolved_are_refused() {
+        let mount = |t: &str, options: &[&str]| Mount {
+            type_: t.into(),
+            source: "/src".into(),
+            options: opts(options),
+            ..Default::default()
+        };
+        assert!(check(&[
+            mount("overlay", &["lowerdir=/l"]),
+            mount("bind", &["rbind"])
+        ])
+        .is_ok());
+        let sized = mount("ext4", &["rw", "X-containerd.mkfs.size=1G"]);
+        assert!(matches!(
+            check(&[sized]),
+            Err(Error::InvalidArgument(m)) if m.contains("X-containerd.mkfs.size=1G")
+        ));
+        assert!(matches!(
+            check(&[mount("mkfs/ext4", &[])]),
+            Err(Error::InvalidArgument(m)) if m.contains("mkfs/ext4")
+        ));
     }
 
     #[test]

@@ -35,4 +35,5 @@ generated!(
     introspection,
     cgroups_v1,
     cgroups_v2,
+    bootstrap,
 );

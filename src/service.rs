@@ -168,6 +168,7 @@ impl Service {
             terminal: req.terminal,
         };
         let plan = stdio::uri::parse(&stdio)?;
+        crate::mount::check(&req.rootfs)?;
         let create = CreateRequest {
             id: &req.id,
             bundle: Path::new(&req.bundle),

@@ -48,6 +48,37 @@ fn info_flag_prints_runtime_info_with_the_options_it_was_given() {
     assert_eq!(info.options.type_url, "containerd.runc.v1.Options");
 }
 
+/// containerd 2.2 runs `-info` at Create with empty stdin and reads which mount types it may
+/// leave to the shim.
+#[test]
+fn info_with_empty_stdin_names_the_mounts_the_shim_takes() {
+    let out = Command::new(SHIM)
+        .arg("-info")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info = RuntimeInfo::parse_from_bytes(&out.stdout).unwrap();
+    assert!(info.options.is_none());
+    let allowed = info
+        .annotations
+        .get("containerd.io/runtime-allow-mounts")
+        .expect("the allow-mounts annotation");
+    let types: Vec<&str> = allowed.split(',').collect();
+    assert!(
+        types.contains(&"overlay") && types.contains(&"bind"),
+        "{allowed}"
+    );
+    assert!(
+        !types.iter().any(|t| *t == "erofs" || t.contains('/')),
+        "nothing the mount manager must resolve: {allowed}"
+    );
+}
+
 #[test]
 fn info_flag_rejects_malformed_options() {
     let mut child = Command::new(SHIM)

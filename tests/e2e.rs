@@ -5,6 +5,8 @@
 //! A custom harness (one private containerd for the whole binary, cleanup guaranteed after each
 //! test); arguments that are not flags filter tests by name.
 
+#[path = "e2e/bootstrap.rs"]
+mod bootstrap;
 mod common;
 #[path = "e2e/direct.rs"]
 mod direct_tests;
@@ -23,6 +25,7 @@ mod taskapi;
 #[path = "e2e/tty.rs"]
 mod tty;
 
+use bootstrap::*;
 use common::direct::DirectShim;
 use common::*;
 use direct_tests::*;
@@ -107,6 +110,10 @@ const TESTS: &[(&str, Test)] = tests![
     crun_as_binary_name_runs_a_container,
     systemd_cgroup_without_systemd_is_a_clear_error,
     io_uid_and_gid_let_a_user_namespace_root_reopen_its_stdio,
+    a_23_bootstrap_with_options_and_a_socket_dir_serves_v3,
+    a_23_bootstrap_without_options_starts_a_task,
+    an_options_any_on_stdin_still_starts_the_old_way,
+    a_mount_containerd_should_have_resolved_is_refused,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -1073,6 +1080,30 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
              NotFound): a known difference, where ours finishes it"
                 .into(),
         ),
+        "a_23_bootstrap_with_options_and_a_socket_dir_serves_v3"
+        | "a_23_bootstrap_without_options_starts_a_task"
+        | "an_options_any_on_stdin_still_starts_the_old_way"
+            if runtime == GO_SHIM =>
+        {
+            Some(format!(
+                "containerd {line}'s Go shim predates containerd 2.3's start protocol (1.6's \
+                 fails every start on 2.3.4); these play 2.3 directly"
+            ))
+        }
+        "a_mount_containerd_should_have_resolved_is_refused" if runtime == GO_SHIM => Some(
+            format!("containerd {line}'s Go shim predates the mount manager of containerd 2.2"),
+        ),
+        "a_23_bootstrap_with_options_and_a_socket_dir_serves_v3"
+        | "a_23_bootstrap_without_options_starts_a_task"
+        | "an_options_any_on_stdin_still_starts_the_old_way"
+        | "a_mount_containerd_should_have_resolved_is_refused"
+            if line != "1.6" =>
+        {
+            Some(
+                "drives the shim directly, as containerd 2.3 would: run once, on the 1.6 line"
+                    .into(),
+            )
+        }
         "a_thousand_execs_leak_nothing" if line != "1.6" => {
             Some("drives the shim directly, without containerd: run once, on the 1.6 line".into())
         }

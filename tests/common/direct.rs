@@ -85,6 +85,72 @@ pub fn task_api_of(
     Ok((rt, api))
 }
 
+/// How a test runs `start`: as containerd up to 2.2 does (the options Any, or nothing, on
+/// stdin), or as 2.3 does (BootstrapParams).
+enum StartAs<'a> {
+    Legacy {
+        stdin: &'a [u8],
+        /// Unset as containerd 1.6 leaves it.
+        max_shim_version: Option<&'a str>,
+    },
+    Bootstrap {
+        options: Option<protobuf::well_known_types::any::Any>,
+        socket_dir: Option<PathBuf>,
+    },
+}
+
+/// Runs `cmd` with `input` on stdin and its stdout and stderr into one pipe, as containerd
+/// 2.3 reads `start` (Go's CombinedOutput); the bytes, or an error when it fails.
+fn run_combined(cmd: &mut Command, input: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::{Read, Write};
+    let (mut reader, writer) = std::io::pipe().map_err(|e| e.to_string())?;
+    let writer2 = writer.try_clone().map_err(|e| e.to_string())?;
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(writer)
+        .stderr(writer2)
+        .spawn()
+        .map_err(|e| format!("failed to run {cmd:?}: {e}"))?;
+    // Our copies of the write end went into the child; only its copies keep the pipe open.
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(input)
+            .map_err(|e| format!("writing stdin of {cmd:?}: {e}"))?;
+    }
+    let mut out = Vec::new();
+    reader.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({status}): {}",
+            String::from_utf8_lossy(&out).trim()
+        ));
+    }
+    Ok(out)
+}
+
+/// Go's bytes.TrimSpace, which containerd 2.3.0 to 2.3.3 apply to `start`'s whole reply.
+pub fn go_trim_space(mut b: &[u8]) -> &[u8] {
+    let space = |c: u8| matches!(c, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
+    loop {
+        match b {
+            [c, rest @ ..] if space(*c) => b = rest,
+            [0xc2, 0x85 | 0xa0, rest @ ..] => b = rest,
+            _ => break,
+        }
+    }
+    loop {
+        match b {
+            [rest @ .., c] if space(*c) => b = rest,
+            [rest @ .., 0xc2, 0x85 | 0xa0] => b = rest,
+            _ => break,
+        }
+    }
+    b
+}
+
 /// The address and task API version a shim's `start` printed: a plain address (version 2), or
 /// containerd 2.x's JSON bootstrap `{"version":3,"address":...,"protocol":"ttrpc"}`.
 pub fn parse_bootstrap(out: &str) -> Result<(String, u64), String> {
@@ -125,6 +191,20 @@ struct Scratch {
     fake_address: String,
     first_id: String,
     ids: Mutex<Vec<String>>,
+    /// Where containerd 2.3's bootstrap put the socket; the default directory otherwise.
+    socket_dir: Option<PathBuf>,
+}
+
+impl Scratch {
+    fn socket(&self) -> PathBuf {
+        let dir = self
+            .socket_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(shim::bootstrap::SOCKET_DIR));
+        let address =
+            shim::bootstrap::socket_address_in(&dir, &self.fake_address, &self.ns, &self.first_id);
+        shim::bootstrap::socket_path(&address).to_path_buf()
+    }
 }
 
 impl Drop for Scratch {
@@ -134,8 +214,10 @@ impl Drop for Scratch {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
         // A killed shim leaves its socket.
-        let socket = shim::bootstrap::socket_address(&self.fake_address, &self.ns, &self.first_id);
-        let _ = fs::remove_file(shim::bootstrap::socket_path(&socket));
+        let _ = fs::remove_file(self.socket());
+        if let Some(dir) = &self.socket_dir {
+            let _ = fs::remove_dir_all(dir);
+        }
         let root = format!("/run/containerd/runc/{}", self.ns);
         for id in self.ids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = Command::new("runc")
@@ -180,16 +262,55 @@ impl DirectShim {
         args: &[&str],
         options: &[u8],
     ) -> Result<DirectShim, String> {
+        // Lets a shim announce the v3 task API, which the client here speaks.
+        let how = StartAs::Legacy {
+            stdin: options,
+            max_shim_version: Some("3"),
+        };
+        Self::launch(binary, ns, first_id, args, how).map(|(shim, _)| shim)
+    }
+
+    /// Starts `binary` as containerd 2.3 does: BootstrapParams for this task on stdin (the
+    /// runtime options as its extension, `socket_dir` when given), MAX_SHIM_VERSION=2, stdout
+    /// and stderr read together and trimmed as 2.3.0 does before decoding a BootstrapResult.
+    /// Returns the shim and the reply's bytes.
+    pub fn start_bootstrapped(
+        binary: &str,
+        ns: &str,
+        first_id: &str,
+        args: &[&str],
+        options: Option<protobuf::well_known_types::any::Any>,
+        socket_dir: Option<&Path>,
+    ) -> Result<(DirectShim, Vec<u8>), String> {
+        let how = StartAs::Bootstrap {
+            options,
+            socket_dir: socket_dir.map(Path::to_path_buf),
+        };
+        Self::launch(binary, ns, first_id, args, how)
+    }
+
+    fn launch(
+        binary: &str,
+        ns: &str,
+        first_id: &str,
+        args: &[&str],
+        how: StartAs,
+    ) -> Result<(DirectShim, Vec<u8>), String> {
         let dir = PathBuf::from(format!("/tmp/shim-direct-{}-{ns}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();
+        let socket_dir = match &how {
+            StartAs::Bootstrap { socket_dir, .. } => socket_dir.clone(),
+            StartAs::Legacy { .. } => None,
+        };
         let scratch = Scratch {
             dir: dir.clone(),
             ns: ns.to_string(),
             fake_address: fake_address.clone(),
             first_id: first_id.to_string(),
             ids: Mutex::new(vec![first_id.to_string()]),
+            socket_dir,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -223,15 +344,59 @@ impl DirectShim {
             .args(["-publish-binary", "/bin/true", "-id", first_id, "start"])
             .current_dir(&bundle)
             .env("TTRPC_ADDRESS", &events_sock)
-            // Lets a shim announce the v3 task API, which the client here speaks.
-            .env("MAX_SHIM_VERSION", "3");
-        let bootstrap = run_with_input(&mut start, options)?;
-        let (address, version) = parse_bootstrap(&bootstrap)?;
+            .env_remove("MAX_SHIM_VERSION");
+        let (address, version, reply) = match how {
+            StartAs::Legacy {
+                stdin,
+                max_shim_version,
+            } => {
+                if let Some(v) = max_shim_version {
+                    start.env("MAX_SHIM_VERSION", v);
+                }
+                let reply = run_with_input(&mut start, stdin)?;
+                let (address, version) = parse_bootstrap(&reply)?;
+                (address, version, reply.into_bytes())
+            }
+            StartAs::Bootstrap {
+                options,
+                socket_dir,
+            } => {
+                start.env("MAX_SHIM_VERSION", "2");
+                let mut params = shim::protos::bootstrap::BootstrapParams {
+                    instance_id: first_id.into(),
+                    namespace: ns.into(),
+                    containerd_version: "2.3.4".into(),
+                    containerd_ttrpc_address: events_sock.to_string_lossy().into_owned(),
+                    containerd_grpc_address: fake_address.clone(),
+                    containerd_binary: "/usr/bin/containerd".into(),
+                    socket_dir: socket_dir.map(|d| d.to_string_lossy().into_owned()),
+                    ..Default::default()
+                };
+                if let Some(any) = options {
+                    params.extensions.push(shim::protos::bootstrap::Extension {
+                        value: protobuf::MessageField::some(any),
+                        ..Default::default()
+                    });
+                }
+                use protobuf::Message;
+                let stdin = params.write_to_bytes().map_err(|e| e.to_string())?;
+                let reply = run_combined(&mut start, &stdin)?;
+                let result = shim::protos::bootstrap::BootstrapResult::parse_from_bytes(
+                    go_trim_space(&reply),
+                )
+                .map_err(|e| format!("reply {reply:?} is no BootstrapResult: {e}"))?;
+                crate::ensure!(
+                    result.protocol == "ttrpc" && !result.address.is_empty(),
+                    "BootstrapResult {result:?}"
+                );
+                (result.address, result.version as u64, reply)
+            }
+        };
         let client = rt
             .block_on(ttrpc::r#async::Client::connect(&address))
             .map_err(|e| format!("connect {address}: {e}"))?;
         let service = format!("containerd.task.v{version}.Task");
-        Ok(DirectShim {
+        let shim = DirectShim {
             client: TaskApi { client, service },
             version,
             rt,
@@ -239,7 +404,13 @@ impl DirectShim {
             _events: events,
             log,
             scratch,
-        })
+        };
+        Ok((shim, reply))
+    }
+
+    /// Where the shim's socket is.
+    pub fn socket(&self) -> PathBuf {
+        self.scratch.socket()
     }
 
     pub fn bundle_path(&self, id: &str) -> PathBuf {
@@ -276,6 +447,29 @@ impl DirectShim {
             options,
             ..Default::default()
         }
+    }
+
+    /// Starts `id`'s init; its pid.
+    pub fn start_task(&self, id: &str) -> Result<u32, String> {
+        let req = StartRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.client.start(Self::ctx(), &req))
+            .map(|r| r.pid)
+            .map_err(|e| format!("Start {id}: {e}"))
+    }
+
+    /// Deletes `id`'s init (and with it the container).
+    pub fn delete_task(&self, id: &str) -> Result<DeleteResponse, String> {
+        let req = DeleteRequest {
+            id: id.into(),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.client.delete(Self::ctx(), &req))
+            .map_err(|e| format!("Delete {id}: {e}"))
     }
 
     /// Waits for the exit of `id`'s init, for at most `limit`: past it the exit was lost.
@@ -363,8 +557,7 @@ impl DirectShim {
             Ok(())
         })?;
         let s = &self.scratch;
-        let socket = shim::bootstrap::socket_address(&s.fake_address, &s.ns, &s.first_id);
-        let socket = shim::bootstrap::socket_path(&socket);
+        let socket = s.socket();
         crate::ensure!(
             !socket.exists(),
             "the shim left its socket {}",

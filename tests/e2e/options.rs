@@ -21,13 +21,7 @@ fn run_to_exit(sh: &DirectShim, create: &CreateTaskRequest) -> Result<u32, Strin
     sh.rt
         .block_on(c.create(cx(), create))
         .map_err(|e| format!("Create: {e}"))?;
-    let start = StartRequest {
-        id: id.clone(),
-        ..Default::default()
-    };
-    sh.rt
-        .block_on(c.start(cx(), &start))
-        .map_err(|e| format!("Start: {e}"))?;
+    sh.start_task(&id)?;
     let waited = sh.wait_exit(&id, Duration::from_secs(20))?;
     let delete = DeleteRequest {
         id,
@@ -72,13 +66,7 @@ pub fn runc_options_reach_the_binary_they_name(ctx: &mut Ctx) -> TestResult {
     sh.rt
         .block_on(c.create(cx(), &create))
         .map_err(|e| format!("Create: {e}"))?;
-    let start = StartRequest {
-        id: "wrapped".into(),
-        ..Default::default()
-    };
-    sh.rt
-        .block_on(c.start(cx(), &start))
-        .map_err(|e| format!("Start: {e}"))?;
+    sh.start_task("wrapped")?;
     let checkpoint = CheckpointTaskRequest {
         id: "wrapped".into(),
         ..Default::default()
@@ -102,13 +90,7 @@ pub fn runc_options_reach_the_binary_they_name(ctx: &mut Ctx) -> TestResult {
         "exit status {}",
         waited.exit_status
     );
-    let delete = DeleteRequest {
-        id: "wrapped".into(),
-        ..Default::default()
-    };
-    sh.rt
-        .block_on(c.delete(cx(), &delete))
-        .map_err(|e| format!("Delete: {e}"))?;
+    sh.delete_task("wrapped")?;
     let log = std::fs::read_to_string(&calls).map_err(|e| format!("no calls logged: {e}"))?;
     let call = |command: &str| -> Option<&str> {
         log.lines()
