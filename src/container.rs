@@ -82,32 +82,36 @@ impl Container {
     /// Mounts the rootfs, opens the streams and runs `runc create`; on failure nothing of it
     /// is left behind.
     pub async fn create(req: CreateRequest<'_>, reaper: Arc<Reaper>) -> Result<Container> {
-        let spec = read_spec(req.bundle)?;
+        let bundle = req.bundle.to_path_buf();
+        let spec = blocking(move || read_spec(&bundle)).await?;
         let mut runc = Runc::new(
             req.options.binary(),
             Path::new(req.options.root()).join(req.namespace),
-            req.bundle.join("log.json"),
+            req.bundle.to_path_buf(),
             req.options.systemd_cgroup,
             reaper.clone(),
         )?;
         if !req.options.criu_path.is_empty() {
             runc.criu = Some(req.options.criu_path.clone().into());
         }
-        write_options(req.bundle, &req.options)?;
-        let rootfs = req.bundle.join("rootfs");
-        let mounted_rootfs = if req.rootfs.is_empty() {
-            None
-        } else {
+        let (bundle, options, mounts) = (
+            req.bundle.to_path_buf(),
+            req.options.clone(),
+            req.rootfs.to_vec(),
+        );
+        let mounted_rootfs = blocking(move || {
+            write_options(&bundle, &options)?;
+            if mounts.is_empty() {
+                return Ok(None);
+            }
+            let rootfs = bundle.join("rootfs");
             std::fs::create_dir_all(&rootfs).map_err(|e| {
                 Error::Internal(format!("failed to create {}: {e}", rootfs.display()))
             })?;
-            // A mount can block on the filesystem; keep it off the thread that serves requests.
-            let (mounts, target) = (req.rootfs.to_vec(), rootfs.clone());
-            tokio::task::spawn_blocking(move || mount::mount_all(&mounts, &target))
-                .await
-                .map_err(|e| Error::Internal(format!("mount task failed: {e}")))??;
-            Some(rootfs)
-        };
+            mount::mount_all(&mounts, &rootfs)?;
+            Ok(Some(rootfs))
+        })
+        .await?;
         let container = Container {
             id: req.id.to_string(),
             bundle: req.bundle.to_path_buf(),
@@ -525,7 +529,7 @@ impl Container {
         }
         if never_started && self.restore_slot().take().is_some() {
             // Never restored: there is no process and no runc container, only the mounts.
-            self.release_rootfs();
+            self.release_rootfs().await;
             return Ok(());
         }
         if never_started {
@@ -618,17 +622,36 @@ impl Container {
         if let Some(watch) = self.oom.get() {
             watch.close();
         }
-        self.release_rootfs();
+        self.release_rootfs().await;
         deleted
     }
 
-    fn release_rootfs(&self) {
-        if let Some(rootfs) = &self.mounted_rootfs {
-            if let Err(e) = mount::unmount_all(rootfs) {
-                log::error!("failed to unmount {}: {e}", rootfs.display());
-            }
+    async fn release_rootfs(&self) {
+        let Some(rootfs) = self.mounted_rootfs.clone() else {
+            return;
+        };
+        // An unmount can block on the filesystem (a busy overlay, a hung network mount): not
+        // on the thread that serves requests, reaps and copies.
+        let unmounted = blocking(move || {
+            mount::unmount_all(&rootfs).map_err(|e| {
+                Error::Internal(format!("failed to unmount {}: {e}", rootfs.display()))
+            })
+        })
+        .await;
+        if let Err(e) = unmounted {
+            log::error!("{e}");
         }
     }
+}
+
+/// Runs file and mount work on tokio's blocking pool: a bundle on a slow or hung filesystem
+/// must not stall the one thread that serves requests, reaps children and copies output.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("bundle task failed: {e}")))?
 }
 
 /// Exits are handed to a process with the reaper's mark of when it was spawned; see exits.rs.

@@ -6,6 +6,7 @@ use crate::reaper::Reaper;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -15,8 +16,9 @@ pub struct Runc {
     pub binary: PathBuf,
     /// runc's state root for this namespace, `<root>/<namespace>`.
     pub root: PathBuf,
-    /// Where runc writes its JSON log; its last error is the message a failure carries.
-    pub log: PathBuf,
+    /// Where each call's JSON log goes (the bundle): one file per call, so two calls at once
+    /// never report each other's errors.
+    pub log_dir: PathBuf,
     pub systemd_cgroup: bool,
     /// CRIU binary for checkpoint and restore (`--criu`); runc's own default when None.
     pub criu: Option<PathBuf>,
@@ -77,7 +79,7 @@ impl Runc {
     pub fn new(
         binary: &str,
         root: PathBuf,
-        log: PathBuf,
+        log_dir: PathBuf,
         systemd_cgroup: bool,
         reaper: Arc<Reaper>,
     ) -> Result<Runc> {
@@ -85,26 +87,27 @@ impl Runc {
         Ok(Runc {
             binary,
             root,
-            log,
+            log_dir,
             systemd_cgroup,
             criu: None,
             reaper,
         })
     }
 
-    fn command(&self) -> Command {
+    fn command(&self) -> Call {
+        static CALLS: AtomicU64 = AtomicU64::new(0);
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let log = CallLog(self.log_dir.join(format!("runc-{n}.log.json")));
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
-        cmd.arg("--log")
-            .arg(&self.log)
-            .args(["--log-format", "json"]);
+        cmd.arg("--log").arg(&log.0).args(["--log-format", "json"]);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
         if let Some(criu) = &self.criu {
             cmd.arg("--criu").arg(criu);
         }
-        cmd
+        Call { cmd, log }
     }
 
     pub async fn create(
@@ -131,12 +134,7 @@ impl Runc {
     }
 
     /// Runs a command that hands `stdio` on to the container process it makes.
-    async fn run_with_stdio(
-        &self,
-        what: &str,
-        mut cmd: Command,
-        stdio: ProcessStdio,
-    ) -> Result<()> {
+    async fn run_with_stdio(&self, what: &str, mut cmd: Call, stdio: ProcessStdio) -> Result<()> {
         cmd.stdin(stdio.stdin.map_or_else(Stdio::null, Stdio::from));
         cmd.stdout(stdio.stdout.map_or_else(Stdio::null, Stdio::from));
         cmd.stderr(stdio.stderr.map_or_else(Stdio::null, Stdio::from));
@@ -235,22 +233,20 @@ impl Runc {
     }
 
     /// Runs with stdout captured; stderr is captured too, for the error message.
-    async fn run_captured(&self, what: &str, mut cmd: Command) -> Result<Vec<u8>> {
+    async fn run_captured(&self, what: &str, mut cmd: Call) -> Result<Vec<u8>> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         self.run(what, cmd).await
     }
 
-    async fn run(&self, what: &str, cmd: Command) -> Result<Vec<u8>> {
+    async fn run(&self, what: &str, cmd: Call) -> Result<Vec<u8>> {
         self.run_fed(what, cmd, &[]).await
     }
 
     /// Runs `cmd`, writing `input` to its stdin when that is piped.
-    async fn run_fed(&self, what: &str, mut cmd: Command, input: &[u8]) -> Result<Vec<u8>> {
-        // Only what this command adds to the shared log speaks of its failure.
-        let log_offset = std::fs::metadata(&self.log).map_or(0, |m| m.len());
-        let (mut child, exited) = self.reaper.spawn(&mut cmd).map_err(|e| {
+    async fn run_fed(&self, what: &str, mut cmd: Call, input: &[u8]) -> Result<Vec<u8>> {
+        let (mut child, exited) = self.reaper.spawn(&mut cmd.cmd).map_err(|e| {
             Error::FailedPrecondition(format!(
                 "failed to run runc binary {}: {e}",
                 self.binary.display()
@@ -267,7 +263,7 @@ impl Runc {
         if exit.status == 0 {
             return Ok(out);
         }
-        let detail = last_log_error(&self.log, log_offset)
+        let detail = last_log_error(&cmd.log.0)
             .or_else(|| Some(String::from_utf8_lossy(&err).trim().to_string()))
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("exit status {}", exit.status));
@@ -275,6 +271,34 @@ impl Runc {
         let prefix = format!("runc {what} failed: ");
         let detail = detail.strip_prefix(&prefix).unwrap_or(&detail);
         Err(classify(format!("{prefix}{detail}")))
+    }
+}
+
+/// One runc invocation: its command line and the log only it writes.
+struct Call {
+    cmd: Command,
+    log: CallLog,
+}
+
+impl std::ops::Deref for Call {
+    type Target = Command;
+    fn deref(&self) -> &Command {
+        &self.cmd
+    }
+}
+
+impl std::ops::DerefMut for Call {
+    fn deref_mut(&mut self) -> &mut Command {
+        &mut self.cmd
+    }
+}
+
+/// A call's log file, removed once the call's answer has been read from it.
+struct CallLog(PathBuf);
+
+impl Drop for CallLog {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -363,13 +387,9 @@ fn classify(message: String) -> Error {
     }
 }
 
-/// The message of the last error runc wrote to its JSON log.
-fn last_log_error(log: &Path, offset: u64) -> Option<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(log).ok()?;
-    file.seek(SeekFrom::Start(offset)).ok()?;
-    let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes).ok()?;
+/// The message of the last error runc wrote to a call's JSON log.
+fn last_log_error(log: &Path) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
     let text = String::from_utf8_lossy(&bytes);
     text.lines().rev().find_map(|line| {
         let entry: serde_json::Value = serde_json::from_str(line).ok()?;
@@ -429,15 +449,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            last_log_error(&log, 0).as_deref(),
+            last_log_error(&log).as_deref(),
             Some("container_linux.go: starting failed")
         );
-        let end = std::fs::metadata(&log).unwrap().len();
-        assert_eq!(
-            last_log_error(&log, end),
-            None,
-            "older errors are not this command's"
-        );
+        assert_eq!(last_log_error(&dir.join("absent.json")), None);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

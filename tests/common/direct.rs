@@ -85,6 +85,19 @@ pub fn task_api_of(
     Ok((rt, api))
 }
 
+/// `name`, or its head and a hash of the whole when it is long: the scratch dir holds unix
+/// sockets, whose paths may not pass 107 bytes.
+fn short_name(name: &str) -> String {
+    if name.len() <= 48 {
+        return name.to_string();
+    }
+    // FNV-1a: stable and dependency-free.
+    let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    });
+    format!("{}-{:08x}", &name[..39], hash as u32)
+}
+
 /// How a test runs `start`: as containerd up to 2.2 does (the options Any, or nothing, on
 /// stdin), or as 2.3 does (BootstrapParams).
 enum StartAs<'a> {
@@ -296,7 +309,11 @@ impl DirectShim {
         args: &[&str],
         how: StartAs,
     ) -> Result<(DirectShim, Vec<u8>), String> {
-        let dir = PathBuf::from(format!("/tmp/shim-direct-{}-{ns}", std::process::id()));
+        let dir = PathBuf::from(format!(
+            "/tmp/shim-direct-{}-{}",
+            std::process::id(),
+            short_name(ns)
+        ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let fake_address = dir.join("containerd.sock").to_string_lossy().into_owned();

@@ -58,16 +58,42 @@ pub fn on_path(bin: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// A containerd release line and the directory with its containerd, ctr and Go shim.
+/// A containerd release line and the directory with its containerd, ctr and Go shim, with the
+/// OCI runtime its shims run as `runc`.
 #[derive(Clone, Debug)]
 pub struct Line {
+    /// The release line: "1.6", "1.7", "2.1".
     pub name: String,
     pub bin: PathBuf,
+    pub oci: Oci,
 }
 
+/// What the shims of a line find as `runc` on containerd's PATH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Oci {
+    Runc,
+    /// crun, through a `runc` wrapper placed first on containerd's PATH.
+    Crun,
+}
+
+/// crun as `runc`. crun 1.8 refuses a hybrid cgroup host whose unified hierarchy holds a
+/// controller (hugetlb on this machine); in a mount namespace of its own, where that hierarchy
+/// is unmounted (the host's mounts are untouched), it sees cgroup v1 and runs.
+const CRUN_AS_RUNC: &str = "#!/bin/sh\nexec unshare --mount --propagation private sh -c \\\n  \
+    'umount /sys/fs/cgroup/unified 2>/dev/null; exec crun \"$@\"' crun \"$@\"\n";
+
 impl Line {
-    /// Provides the line through scripts/containerd.sh (fetched once, then cached).
-    pub fn provide(name: &str) -> Result<Line, String> {
+    /// Provides the line through scripts/containerd.sh (fetched once, then cached). A label
+    /// `1.6+crun` is that line with crun as its shims' runtime.
+    pub fn provide(label: &str) -> Result<Line, String> {
+        let (name, oci) = match label.split_once('+') {
+            None => (label, Oci::Runc),
+            Some((name, "crun")) => (name, Oci::Crun),
+            Some(_) => return Err(format!("unknown runtime in {label:?} (known: +crun)")),
+        };
+        if oci == Oci::Crun && !on_path("crun") {
+            return Err("crun is not installed (scripts/install.sh installs Debian's)".into());
+        }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/containerd.sh");
         let out = Command::new(script)
             .arg(name)
@@ -85,6 +111,7 @@ impl Line {
         let line = Line {
             name: name.to_string(),
             bin,
+            oci,
         };
         line.check_versions()?;
         Ok(line)
@@ -122,9 +149,18 @@ impl Line {
         self.bin.join(name)
     }
 
-    /// A namespace-safe tag: 1.7 -> v17.
+    /// A namespace-safe tag: 1.7 -> v17, 1.6+crun -> v16crun.
     pub fn tag(&self) -> String {
-        format!("v{}", self.name.replace('.', ""))
+        let oci = if self.oci == Oci::Crun { "crun" } else { "" };
+        format!("v{}{oci}", self.name.replace('.', ""))
+    }
+
+    /// As the report names the line: 1.7, 1.6+crun.
+    pub fn label(&self) -> String {
+        match self.oci {
+            Oci::Runc => self.name.clone(),
+            Oci::Crun => format!("{}+crun", self.name),
+        }
     }
 }
 
@@ -151,6 +187,12 @@ impl Containerd {
         // point it at the binary under test, not at whatever is installed.
         std::os::unix::fs::symlink(SHIM_BIN, base.join("bin/containerd-shim-rustshim-v1"))
             .map_err(|e| format!("symlink shim: {e}"))?;
+        if line.oci == Oci::Crun {
+            let runc = base.join("bin/runc");
+            fs::write(&runc, CRUN_AS_RUNC).map_err(|e| format!("{}: {e}", runc.display()))?;
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+            fs::set_permissions(&runc, mode).map_err(|e| e.to_string())?;
+        }
         let address = base.join("c.sock");
         let config = base.join("config.toml");
         fs::write(&config, config_toml(&base, &address)).map_err(|e| e.to_string())?;

@@ -342,3 +342,58 @@ pub fn exec_stdin_arrives_and_ends_with_close_io(ctx: &mut Ctx) -> TestResult {
     ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
     Ok(())
 }
+
+/// The open fds of a process, as numbers, from the host.
+fn open_fds(pid: i32) -> Result<Vec<i32>, String> {
+    let dir = format!("/proc/{pid}/fd");
+    let mut fds: Vec<i32> = std::fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort();
+    Ok(fds)
+}
+
+/// No fd of the shim reaches the container: its init and an exec hold their three standard
+/// streams and nothing else (CVE-2024-21626 came from one fd too many).
+pub fn container_processes_get_only_their_stdio(ctx: &mut Ctx) -> TestResult {
+    let id = sleeper(ctx, "fds")?;
+    let init = ctx
+        .task_pid(&id)?
+        .ok_or(format!("no pid for {id} in tasks ls"))?;
+    ensure!(
+        open_fds(init)? == [0, 1, 2],
+        "init {init} holds fds {:?}",
+        open_fds(init)?
+    );
+    ctx.ctr_ok(&[
+        "tasks",
+        "exec",
+        "-d",
+        "--exec-id",
+        "fdexec",
+        &id,
+        "sleep",
+        "1000",
+    ])?;
+    let ps = eventually(Duration::from_secs(10), || {
+        let ps = ctx.ctr_ok(&["tasks", "ps", &id])?;
+        ensure!(
+            ps.contains("fdexec"),
+            "tasks ps does not name the exec: {ps}"
+        );
+        Ok(ps)
+    })?;
+    let exec_pid: i32 = ps
+        .lines()
+        .find(|l| l.contains("fdexec"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .ok_or(format!("no exec pid in {ps}"))?;
+    ensure!(
+        open_fds(exec_pid)? == [0, 1, 2],
+        "exec {exec_pid} holds fds {:?}",
+        open_fds(exec_pid)?
+    );
+    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+    Ok(())
+}

@@ -272,3 +272,101 @@ pub fn a_delete_that_fails_can_be_tried_again(ctx: &mut Ctx) -> TestResult {
     delete(&sh, "faildel").map_err(|e| format!("second Delete: {e}"))?;
     sh.finish()
 }
+
+/// runc's error text belongs to the call that failed: Kills, a Pause and Pids that fail at
+/// the same time on one container each report their own failure, and no call leaves its log
+/// behind.
+pub fn concurrent_runc_failures_each_report_their_own(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "twofail", &["sleep", "1000"])?;
+    let wrapper = Wrapper::new(&scratch(ctx)?)?;
+    sh.rt
+        .block_on(
+            sh.client
+                .create(DirectShim::ctx(), &wrapper.create(&sh, "twofail")),
+        )
+        .map_err(|e| format!("Create: {e}"))?;
+    start(&sh, "twofail").map_err(|e| format!("Start: {e}"))?;
+    wrapper.rules(&["kill fail", "pause fail", "ps fail"])?;
+    let kill: KillRequest = req_id(|r: &mut KillRequest| {
+        r.id = "twofail".into();
+        r.signal = 10;
+    });
+    let pause: PauseRequest = req_id(|r: &mut PauseRequest| r.id = "twofail".into());
+    let pids: PidsRequest = req_id(|r: &mut PidsRequest| r.id = "twofail".into());
+    // Kills and Pids run side by side; a Pause is one at a time (a second is refused while
+    // the first runs), so one of it.
+    let (kills, paused, listed) = sh.rt.block_on(async {
+        let c = &sh.client;
+        let kills = (0..8).map(|_| c.kill(DirectShim::ctx(), &kill));
+        let listed = (0..8).map(|_| c.pids(DirectShim::ctx(), &pids));
+        tokio::join!(
+            futures_join_all(kills.collect()),
+            c.pause(DirectShim::ctx(), &pause),
+            futures_join_all(listed.collect())
+        )
+    });
+    for r in &kills {
+        ensure!(
+            names(r, "injected kill failure"),
+            "a failed kill answered {r:?}"
+        );
+    }
+    ensure!(
+        names(&paused, "injected pause failure"),
+        "the failed pause answered {paused:?}"
+    );
+    for r in &listed {
+        ensure!(
+            names(r, "injected ps failure"),
+            "a failed Pids answered {r:?}"
+        );
+    }
+    wrapper.rules(&[])?;
+    let logs: Vec<String> = std::fs::read_dir(sh.bundle_path("twofail"))
+        .map_err(|e| e.to_string())?
+        .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.starts_with("runc-") && n.ends_with(".json"))
+        .collect();
+    ensure!(
+        logs.is_empty() || ctx.runtime == GO_SHIM,
+        "per-call logs left behind: {logs:?}"
+    );
+    let sigkill: KillRequest = req_id(|r: &mut KillRequest| {
+        r.id = "twofail".into();
+        r.signal = 9;
+    });
+    sh.rt
+        .block_on(sh.client.kill(DirectShim::ctx(), &sigkill))
+        .map_err(|e| format!("Kill: {e}"))?;
+    wait(&sh, "twofail")?;
+    delete(&sh, "twofail").map_err(|e| format!("Delete: {e}"))?;
+    sh.finish()
+}
+
+/// Awaits every future, in order: the test needs no more of an executor than this.
+async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut handles = Vec::new();
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    // Poll all together so the calls overlap: each is a request to the shim.
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in pinned.iter_mut().enumerate() {
+            if handles.len() <= i {
+                handles.push(None);
+            }
+            if handles[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => handles[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    handles.into_iter().flatten().collect()
+}

@@ -97,27 +97,33 @@ pub fn pause_freezes_and_resume_thaws(ctx: &mut Ctx) -> TestResult {
     );
     ctx.ctr_ok(&["tasks", "pause", &id])?;
     ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
+    if ctx.daemon.line.oci == Oci::Crun {
+        // runc thaws a frozen cgroup for a SIGKILL; crun leaves that to a resume.
+        ctx.ctr_ok(&["tasks", "resume", &id])?;
+    }
     ctx.wait_status(&id, "STOPPED")?;
+    let crun = ctx.daemon.line.oci == Oci::Crun;
     let init_exit = |e: &Event| e.topic == "/tasks/exit" && e.process() == id;
-    let got = events.collect(&id, Duration::from_secs(10), |e| e.iter().any(init_exit));
+    let resumes = |e: &[Event]| e.iter().filter(|e| e.topic == "/tasks/resumed").count();
+    let got = events.collect(&id, Duration::from_secs(10), |e| {
+        e.iter().any(init_exit) && (!crun || resumes(e) == 2)
+    });
     // The exec's own events are another test's subject.
     let got: Vec<&Event> = got.iter().filter(|e| e.process() != "x2").collect();
-    let topics: Vec<&str> = got.iter().map(|e| e.topic.as_str()).collect();
-    ensure!(
-        topics
-            == [
-                "/tasks/paused",
-                "/tasks/resumed",
-                "/tasks/paused",
-                "/tasks/exit"
-            ],
-        "events {topics:?}"
-    );
-    ensure!(
-        got.last().is_some_and(|e| e.u64("exit_status") == 137),
-        "exit event {:?}",
-        got.last().map(|e| &e.body)
-    );
+    let mut topics: Vec<&str> = got.iter().map(|e| e.topic.as_str()).collect();
+    let mut want = vec!["/tasks/paused", "/tasks/resumed", "/tasks/paused"];
+    if crun {
+        // The resume that lets the SIGKILL land races the exit it causes.
+        want.extend(["/tasks/exit", "/tasks/resumed"]);
+        if let Some(tail) = topics.get_mut(3..) {
+            tail.sort();
+        }
+    } else {
+        want.push("/tasks/exit");
+    }
+    ensure!(topics == want, "events {topics:?}, want {want:?}");
+    let exit = got.iter().find(|e| init_exit(e)).ok_or("no exit event")?;
+    ensure!(exit.u64("exit_status") == 137, "exit event {:?}", exit.body);
     ctx.ctr_ok(&["tasks", "rm", &id])?;
     Ok(())
 }
@@ -359,6 +365,12 @@ pub fn an_oom_kill_is_told_before_the_exit(ctx: &mut Ctx) -> TestResult {
     let topics: Vec<&str> = got.iter().map(|e| e.topic.as_str()).collect();
     let oom = topics.iter().position(|t| *t == "/tasks/oom");
     let exit = topics.iter().position(|t| *t == "/tasks/exit");
+    if oom.is_none() && ctx.runtime == GO_SHIM && ctx.daemon.line.oci == Oci::Crun {
+        // Known difference: under crun the Go shim's cgroup library sometimes watches no
+        // memory cgroup and reports no OOM at all; ours reads the init's cgroup itself.
+        println!("    [{}] reported no OOM kill under crun", ctx.runtime);
+        return Ok(());
+    }
     ensure!(
         matches!((oom, exit), (Some(o), Some(x)) if o < x),
         "events {topics:?}: want /tasks/oom before /tasks/exit"
