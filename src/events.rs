@@ -1,11 +1,16 @@
 //! Task events to containerd: an ordered queue drained by one task that forwards each event
-//! over ttrpc to `TTRPC_ADDRESS`, retrying while containerd is away. Publishing never blocks a
-//! request, and events leave in the order they were published (invariant 6).
+//! over ttrpc to `TTRPC_ADDRESS`. Publishing never blocks a request, and events leave in the
+//! order they were published (invariant 6). While containerd is away (restarting, hung) an
+//! event is retried with capped backoff for as long as it takes; only containerd refusing it
+//! drops it. The queue is bounded by count, so a containerd gone for good cannot make the shim
+//! grow without end.
 
 use crate::protos::forward::{Envelope, ForwardRequest};
 use crate::protos::forward_ttrpc::EventsClient;
 use protobuf::well_known_types::any::Any;
 use protobuf::{MessageField, MessageFull};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -20,8 +25,12 @@ pub const TASK_RESUMED: &str = "/tasks/resumed";
 pub const TASK_CHECKPOINTED: &str = "/tasks/checkpointed";
 pub const TASK_OOM: &str = "/tasks/oom";
 
-const ATTEMPTS: u32 = 12;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest wait between two tries of one event.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Events waiting at most: a few hundred bytes each, so about a megabyte. Past it new events
+/// are dropped (and logged); the ones queued keep their order.
+const QUEUE_LIMIT: usize = 4096;
 
 enum Item {
     Event(Envelope),
@@ -33,6 +42,10 @@ enum Item {
 pub struct Publisher {
     queue: mpsc::UnboundedSender<Item>,
     namespace: String,
+    /// Events published and not yet delivered or given up on.
+    waiting: Arc<AtomicUsize>,
+    /// Events dropped since the queue last had room, for one log line per overflow.
+    dropped: Arc<AtomicUsize>,
 }
 
 /// The type URL containerd's typeurl registry knows: the message's full name, no prefix.
@@ -48,10 +61,20 @@ impl Publisher {
     /// Starts the forwarding task. With no address (no containerd to tell), events are dropped.
     pub fn start(address: Option<String>, namespace: &str) -> Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(forward_loop(address, namespace.to_string(), rx));
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let forwarder = Forwarder {
+            address,
+            namespace: namespace.to_string(),
+            waiting: waiting.clone(),
+            dropped: dropped.clone(),
+        };
+        tokio::spawn(forwarder.run(rx));
         Publisher {
             queue: tx,
             namespace: namespace.to_string(),
+            waiting,
+            dropped,
         }
     }
 
@@ -61,7 +84,18 @@ impl Publisher {
         envelope.namespace = self.namespace.clone();
         envelope.topic = topic.to_string();
         envelope.event = MessageField::some(pack(event));
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= QUEUE_LIMIT {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            if self.dropped.fetch_add(1, Ordering::SeqCst) == 0 {
+                log::error!(
+                    "event queue full ({QUEUE_LIMIT} waiting for containerd): dropping {topic} \
+                     and every new event until it drains"
+                );
+            }
+            return;
+        }
         if self.queue.send(Item::Event(envelope)).is_err() {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
             log::warn!("event {topic} dropped: publisher stopped");
         }
     }
@@ -75,36 +109,67 @@ impl Publisher {
     }
 }
 
-async fn forward_loop(
+/// The draining side of the queue.
+struct Forwarder {
     address: Option<String>,
     namespace: String,
-    mut rx: mpsc::UnboundedReceiver<Item>,
-) {
-    let mut client: Option<EventsClient> = None;
-    while let Some(item) = rx.recv().await {
-        let envelope = match item {
-            Item::Event(e) => e,
-            Item::Flush(done) => {
-                let _ = done.send(());
-                continue;
+    waiting: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
+}
+
+impl Forwarder {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Item>) {
+        let mut client: Option<EventsClient> = None;
+        while let Some(item) = rx.recv().await {
+            let envelope = match item {
+                Item::Event(e) => e,
+                Item::Flush(done) => {
+                    let _ = done.send(());
+                    continue;
+                }
+            };
+            if let Some(address) = self.address.as_deref() {
+                let mut request = ForwardRequest::new();
+                request.envelope = MessageField::some(envelope);
+                self.deliver(&mut client, address, &request).await;
             }
-        };
-        let Some(address) = address.as_deref() else {
-            continue;
-        };
-        let mut request = ForwardRequest::new();
-        request.envelope = MessageField::some(envelope);
-        for attempt in 0..ATTEMPTS {
-            match send(&mut client, address, &namespace, &request).await {
-                Ok(()) => break,
-                Err(e) => {
-                    client = None;
-                    let topic = &request.envelope.topic;
-                    if attempt + 1 == ATTEMPTS {
-                        log::error!("giving up on event {topic}: {e}");
-                        break;
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            let dropped = self.dropped.swap(0, Ordering::SeqCst);
+            if dropped > 0 {
+                log::error!("event queue has room again: {dropped} events were dropped");
+            }
+        }
+    }
+
+    /// Sends one event until containerd has it, or has refused it.
+    async fn deliver(
+        &self,
+        client: &mut Option<EventsClient>,
+        address: &str,
+        request: &ForwardRequest,
+    ) {
+        let topic = &request.envelope.topic;
+        for attempt in 0u32.. {
+            match send(client, address, &self.namespace, request).await {
+                Ok(()) => {
+                    if attempt > 0 {
+                        log::info!("event {topic} delivered after {attempt} retries");
                     }
-                    log::warn!("event {topic} not delivered (attempt {}): {e}", attempt + 1);
+                    return;
+                }
+                Err(Failure::Refused(e)) => {
+                    log::error!("containerd refused event {topic}: {e}");
+                    return;
+                }
+                Err(Failure::Away(e)) => {
+                    *client = None;
+                    // Once per doubling, so a long outage does not flood the log.
+                    if attempt.is_power_of_two() || attempt == 0 {
+                        log::warn!(
+                            "event {topic} waits for containerd (try {}): {e}",
+                            attempt + 1
+                        );
+                    }
                     tokio::time::sleep(backoff(attempt)).await;
                 }
             }
@@ -112,8 +177,15 @@ async fn forward_loop(
     }
 }
 
+/// Why a send failed: containerd could not be reached or did not answer (try again), or it
+/// answered that it will not take the event (trying again would not change that).
+enum Failure {
+    Away(String),
+    Refused(String),
+}
+
 fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(100 << attempt.min(4))
+    Duration::from_millis(100u64 << attempt.min(6)).min(MAX_BACKOFF)
 }
 
 async fn send(
@@ -121,7 +193,7 @@ async fn send(
     address: &str,
     namespace: &str,
     request: &ForwardRequest,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     if client.is_none() {
         let addr = if address.starts_with("unix://") {
             address.to_string()
@@ -130,11 +202,11 @@ async fn send(
         };
         let c = ttrpc::r#async::Client::connect(&addr)
             .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
+            .map_err(|e| Failure::Away(format!("connect {addr}: {e}")))?;
         *client = Some(EventsClient::new(c));
     }
     let Some(c) = client.as_ref() else {
-        return Err("no client".into());
+        return Err(Failure::Away("no client".into()));
     };
     let mut ctx = ttrpc::context::with_timeout(REQUEST_TIMEOUT.as_nanos() as i64);
     ctx.add(
@@ -144,7 +216,24 @@ async fn send(
     c.forward(ctx, request)
         .await
         .map(drop)
-        .map_err(|e| e.to_string())
+        .map_err(|e| match e {
+            ttrpc::Error::RpcStatus(s) if !transient(s.code()) => {
+                Failure::Refused(format!("{:?}: {}", s.code(), s.message()))
+            }
+            other => Failure::Away(other.to_string()),
+        })
+}
+
+/// Codes containerd (or ttrpc on its behalf) answers while it cannot take events yet.
+fn transient(code: ttrpc::Code) -> bool {
+    matches!(
+        code,
+        ttrpc::Code::UNAVAILABLE
+            | ttrpc::Code::DEADLINE_EXCEEDED
+            | ttrpc::Code::RESOURCE_EXHAUSTED
+            | ttrpc::Code::ABORTED
+            | ttrpc::Code::CANCELLED
+    )
 }
 
 #[cfg(test)]
@@ -166,8 +255,39 @@ mod tests {
     }
 
     #[test]
-    fn retries_back_off_but_stay_bounded() {
+    fn retries_back_off_to_a_cap_and_never_overflow() {
         assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(30), Duration::from_millis(1600));
+        assert_eq!(backoff(4), Duration::from_millis(1600));
+        assert_eq!(backoff(6), MAX_BACKOFF);
+        assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn only_an_answer_that_refuses_the_event_gives_it_up() {
+        assert!(transient(ttrpc::Code::UNAVAILABLE));
+        assert!(transient(ttrpc::Code::DEADLINE_EXCEEDED));
+        assert!(!transient(ttrpc::Code::INVALID_ARGUMENT));
+        assert!(!transient(ttrpc::Code::NOT_FOUND));
+    }
+
+    #[test]
+    fn a_full_queue_drops_new_events_and_keeps_the_rest() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            // An address nothing listens on: every event waits.
+            let publisher = Publisher::start(Some("/nonexistent/events.sock".into()), "ns");
+            let mut start = TaskStart::new();
+            for _ in 0..QUEUE_LIMIT + 10 {
+                publisher.publish(TASK_START, &start);
+            }
+            assert_eq!(publisher.waiting.load(Ordering::SeqCst), QUEUE_LIMIT);
+            assert_eq!(publisher.dropped.load(Ordering::SeqCst), 10);
+            start.pid = 1;
+            publisher.publish(TASK_START, &start);
+            assert_eq!(publisher.waiting.load(Ordering::SeqCst), QUEUE_LIMIT);
+        });
     }
 }

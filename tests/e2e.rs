@@ -98,6 +98,7 @@ const TESTS: &[(&str, Test)] = tests![
     a_create_that_fails_half_way_leaves_nothing,
     a_delete_that_fails_can_be_tried_again,
     concurrent_runc_failures_each_report_their_own,
+    events_wait_out_a_containerd_outage,
     pause_freezes_and_resume_thaws,
     update_sets_the_cgroup_limits,
     checkpoint_without_a_working_criu_fails_clearly,
@@ -1124,6 +1125,9 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         }
         "runc_options_reach_the_binary_they_name" if line.ends_with("+crun") => Some(
             "crun refuses runc's --criu global option (CriuPath), which this test passes".into(),
+        ),
+        "events_wait_out_a_containerd_outage" if line != "1.6" => Some(
+            "drives the shim directly, with a minute of outage: run once, on the 1.6 line".into(),
         ),
         "a_thousand_execs_leak_nothing" if line != "1.6" => {
             Some("drives the shim directly, without containerd: run once, on the 1.6 line".into())

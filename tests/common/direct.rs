@@ -85,6 +85,22 @@ pub fn task_api_of(
     Ok((rt, api))
 }
 
+/// A stand-in for containerd's events service at `sock`, recording what it is sent.
+fn serve_events(
+    rt: &tokio::runtime::Runtime,
+    sock: &Path,
+    recorder: &Arc<Recorder>,
+) -> Result<ttrpc::r#async::Server, String> {
+    rt.block_on(async {
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&format!("unix://{}", sock.display()))
+            .map_err(|e| e.to_string())?
+            .register_service(create_events(recorder.clone()));
+        server.start().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(server)
+    })
+}
+
 /// `name`, or its head and a hash of the whole when it is long: the scratch dir holds unix
 /// sockets, whose paths may not pass 107 bytes.
 fn short_name(name: &str) -> String {
@@ -249,7 +265,9 @@ pub struct DirectShim {
     pub version: u64,
     pub rt: tokio::runtime::Runtime,
     recorder: Arc<Recorder>,
-    _events: ttrpc::r#async::Server,
+    /// containerd's events service as the shim sees it: None while "containerd" is down.
+    events: Option<ttrpc::r#async::Server>,
+    events_sock: PathBuf,
     log: fs::File,
     scratch: Scratch,
 }
@@ -336,14 +354,7 @@ impl DirectShim {
             .map_err(|e| e.to_string())?;
         let recorder = Arc::new(Recorder::default());
         let events_sock = dir.join("events.sock");
-        let events = rt.block_on(async {
-            let mut server = ttrpc::r#async::Server::new()
-                .bind(&format!("unix://{}", events_sock.display()))
-                .map_err(|e| e.to_string())?
-                .register_service(create_events(recorder.clone()));
-            server.start().await.map_err(|e| e.to_string())?;
-            Ok::<_, String>(server)
-        })?;
+        let events = serve_events(&rt, &events_sock, &recorder)?;
         let bundle = make_bundle(&dir, first_id, args)?;
         let log_fifo = bundle.join("log");
         nix::unistd::mkfifo(&log_fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
@@ -418,7 +429,8 @@ impl DirectShim {
             version,
             rt,
             recorder,
-            _events: events,
+            events: Some(events),
+            events_sock: events_sock.clone(),
             log,
             scratch,
         };
@@ -541,6 +553,23 @@ impl DirectShim {
 
     /// The topics published so far for container `id` (the events carry it in their payload;
     /// the recorder keeps topics in arrival order).
+    /// Stops the stand-in for containerd's events service, as a containerd restart does: the
+    /// shim finds nothing listening until `events_up`.
+    pub fn events_down(&mut self) {
+        if let Some(mut server) = self.events.take() {
+            let _ = self.rt.block_on(async {
+                tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await
+            });
+        }
+        let _ = fs::remove_file(&self.events_sock);
+    }
+
+    /// Serves the events service again at the same address, recording into the same list.
+    pub fn events_up(&mut self) -> Result<(), String> {
+        self.events = Some(serve_events(&self.rt, &self.events_sock, &self.recorder)?);
+        Ok(())
+    }
+
     pub fn topics(&self) -> Vec<String> {
         self.recorder
             .0
