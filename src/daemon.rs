@@ -81,6 +81,16 @@ fn task_services(
 }
 
 async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Result<(), String> {
+    // The listener comes inherited without close-on-exec. Before anything is spawned it gets
+    // the flag, or the shim does not serve: a runc, logger or container holding our socket
+    // is the kind of leaked fd CVE-2024-21626 was made of.
+    // SAFETY: fcntl on the fd `start` handed us, which nothing else owns.
+    if unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(format!(
+            "failed to make the listener close-on-exec: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
     // Registered before any child exists, so no SIGCHLD is missed.
     let mut sigchld =
         signal(SignalKind::child()).map_err(|e| format!("failed to watch SIGCHLD: {e}"))?;
@@ -109,9 +119,6 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
 
     // SAFETY: `start` hands us the listening socket on this fd and nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
-    // Inherited without close-on-exec; no runc we spawn should hold our listener.
-    // SAFETY: fcntl on an fd we own.
-    unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) };
     let socket_path = std_listener
         .local_addr()
         .ok()
