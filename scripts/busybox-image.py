@@ -3,6 +3,8 @@
 
 No registry is reachable in CI, so the test image is made here from /bin/busybox
 (Debian's busybox-static): usage: busybox-image.py OUT.tar [IMAGE-NAME]
+With --rootfs it writes only the layer, a root filesystem tar for `docker import`:
+    busybox-image.py --rootfs OUT.tar
 """
 import hashlib
 import io
@@ -57,8 +59,17 @@ def blob(tar, data):
     return "sha256:" + digest
 
 
+def write_rootfs(out):
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(layer_tar())
+    os.replace(tmp, out)
+
+
 def main():
-    if len(sys.argv) not in (2, 3):
+    if len(sys.argv) == 3 and sys.argv[1] == "--rootfs":
+        return write_rootfs(sys.argv[2])
+    if len(sys.argv) not in (2, 3) or sys.argv[1].startswith("-"):
         sys.exit(__doc__)
     out, name = sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else DEFAULT_NAME
     layer = layer_tar()

@@ -4,9 +4,8 @@
 #   scripts/containerd.sh 1.6   -> /usr/bin (Debian 12's own containerd, installed by install.sh)
 #   scripts/containerd.sh 1.7   -> 1.7.24 from Debian trixie, extracted under the cache
 #   scripts/containerd.sh 2.1   -> 2.1.9 from Debian sid, extracted under the cache
-# Newer lines are fetched once with `apt-get download` through a private sources list that
-# names the archive this machine's apt uses (scripts/apt-source.sh: its mirror, proxy or
-# snapshot) and extracted with dpkg-deb; nothing is installed, the system's containerd stays.
+# Newer lines are fetched once by scripts/apt-fetch.sh (`apt-get download` from the archive
+# this machine's apt uses) and extracted; nothing is installed, the system's containerd stays.
 # Idempotent; offline once the cache holds the line.
 set -euo pipefail
 line=${1:?usage: containerd.sh 1.6|1.7|2.1}
@@ -22,23 +21,6 @@ esac
 
 dir=$cache/$line
 if [ ! -x "$dir/usr/bin/containerd" ]; then
-  apt_dir=$cache/apt
-  mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial" "$cache/debs"
-  opts=(-o "Dir::Etc::sourcelist=$apt_dir/$suite.list" -o Dir::Etc::sourceparts=-
-        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir"
-        -o "Dir::Cache::archives=$apt_dir/archives" -o APT::Get::List-Cleanup=0)
-  find_deb() { find "$cache/debs" -name "containerd_${version}_*.deb" | head -1; }
-  deb=$(find_deb)
-  if [ -z "$deb" ]; then
-    archive=$("$(dirname "$0")/apt-source.sh")
-    read -r uri keyring <<<"$archive"
-    echo "deb [signed-by=$keyring] $uri $suite main" >"$apt_dir/$suite.list"
-    apt-get "${opts[@]}" update -qq </dev/null >&2
-    (cd "$cache/debs" && apt-get "${opts[@]}" download "containerd=$version" </dev/null >&2)
-    deb=$(find_deb)
-  fi
-  rm -rf "$dir.tmp" && mkdir -p "$dir.tmp"
-  dpkg-deb -x "$deb" "$dir.tmp"
-  rm -rf "$dir" && mv "$dir.tmp" "$dir"
+  "$(dirname "$0")/apt-fetch.sh" "$suite" "$dir" "containerd=$version"
 fi
 echo "$dir/usr/bin"

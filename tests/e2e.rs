@@ -10,6 +10,8 @@ mod bootstrap;
 mod common;
 #[path = "e2e/direct.rs"]
 mod direct_tests;
+#[path = "e2e/docker.rs"]
+mod docker;
 #[path = "e2e/exec.rs"]
 mod exec;
 #[path = "e2e/faults.rs"]
@@ -29,6 +31,7 @@ use bootstrap::*;
 use common::direct::DirectShim;
 use common::*;
 use direct_tests::*;
+use docker::*;
 use exec::*;
 use faults::*;
 use logs::*;
@@ -117,6 +120,17 @@ const TESTS: &[(&str, Test)] = tests![
     a_23_bootstrap_without_options_starts_a_task,
     an_options_any_on_stdin_still_starts_the_old_way,
     a_mount_containerd_should_have_resolved_is_refused,
+    docker_run_gives_output_exit_code_and_stdin,
+    docker_terminals_have_the_clients_size,
+    docker_logs_follow_and_keep_streams_apart,
+    docker_attach_sends_input_and_gets_the_exit_code,
+    docker_exec_gives_output_exit_code_and_stdin,
+    docker_healthchecks_stay_healthy_without_growth,
+    docker_stats_top_pause_and_update_reach_the_container,
+    docker_kill_and_stop_end_containers_as_asked,
+    docker_restart_and_restart_policies_follow_the_exits,
+    docker_memory_limit_reports_oom_killed,
+    docker_runtime_options_reach_the_shim,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -1065,8 +1079,21 @@ fn short(runtime: &str) -> &'static str {
     }
 }
 
+/// The containerd line Docker Engine runs against.
+const DOCKER_LINE: &str = "1.6";
+
 /// Why a test cannot run on a line or runtime, if it cannot.
 fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
+    if test.starts_with("docker_") {
+        if line != DOCKER_LINE {
+            return Some(format!(
+                "Docker Engine runs against one containerd line, {DOCKER_LINE}"
+            ));
+        }
+        if let Err(e) = common::docker::docker_dir() {
+            return Some(format!("Docker Engine cannot be had here: {e}"));
+        }
+    }
     match test {
         "inspect_runtime_reports_the_shim" if line.starts_with("1.") => Some(format!(
             "ctr {line} has no `plugins inspect-runtime` and containerd {line} never runs `-info`"

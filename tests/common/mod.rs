@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod direct;
+pub mod docker;
 pub mod tty;
 
 use std::fs;
@@ -255,17 +256,8 @@ impl Containerd {
 
     /// Stops the daemon (SIGTERM, then SIGKILL); its shims keep running, as in production.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            terminate(child, Duration::from_secs(15));
         }
     }
 
@@ -377,6 +369,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         state = base.join("state").display(),
         address = address.display(),
     )
+}
+
+/// Stops a daemon: SIGTERM, then SIGKILL when it has not ended after `grace`.
+pub fn terminate(mut child: Child, grace: Duration) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 pub fn run_ok(cmd: &mut Command) -> Result<String, String> {

@@ -85,7 +85,7 @@ pub fn requests_cut_off_by_their_deadline_still_finish(ctx: &mut Ctx) -> TestRes
 }
 
 /// The shim's open descriptors and resident memory.
-fn footprint(pid: i32) -> Result<(usize, u64), String> {
+pub fn footprint(pid: i32) -> Result<(usize, u64), String> {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map_err(|e| e.to_string())?
         .count();
