@@ -5,6 +5,8 @@ No registry is reachable in CI, so the test image is made here from /bin/busybox
 (Debian's busybox-static): usage: busybox-image.py OUT.tar [IMAGE-NAME]
 With --rootfs it writes only the layer, a root filesystem tar for `docker import`:
     busybox-image.py --rootfs OUT.tar
+With --pause the image's entrypoint sleeps for ever, as CRI's pod sandbox (pause) image must:
+    busybox-image.py --pause OUT.tar IMAGE-NAME
 """
 import hashlib
 import io
@@ -67,16 +69,21 @@ def write_rootfs(out):
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "--rootfs":
-        return write_rootfs(sys.argv[2])
-    if len(sys.argv) not in (2, 3) or sys.argv[1].startswith("-"):
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--rootfs":
+        return write_rootfs(args[1])
+    pause = bool(args) and args[0] == "--pause"
+    if pause:
+        args = args[1:]
+    if len(args) not in (1, 2) or args[0].startswith("-"):
         sys.exit(__doc__)
-    out, name = sys.argv[1], sys.argv[2] if len(sys.argv) == 3 else DEFAULT_NAME
+    out, name = args[0], args[1] if len(args) == 2 else DEFAULT_NAME
     layer = layer_tar()
+    run = {"Entrypoint": ["/bin/sleep", "2147483647"]} if pause else {"Cmd": ["sh"]}
     config = {
         "architecture": ARCH,
         "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
+        "config": {"Env": ["PATH=/bin"], **run},
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
     }
     tmp = out + ".tmp"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the shim needs and the shim itself. Idempotent and non-interactive.
 #   - Debian packages: containerd, runc, crun (a second OCI runtime for the tests),
-#     busybox-static (the test image), python3 (image builder)
+#     busybox-static (the test image), python3 (image builder), protobuf-compiler (protoc,
+#     for the CRI client the tests build)
 #   - the release binary at /usr/local/bin/containerd-shim-rust-v1, plus the alias
 #     containerd-shim-rustshim-v1 that containerd looks up for io.containerd.rustshim.v1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for pkg in containerd runc crun busybox-static python3; do
+for pkg in containerd runc crun busybox-static python3 protobuf-compiler; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

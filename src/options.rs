@@ -148,7 +148,8 @@ fn from_toml_table(body: &str) -> Result<RuntimeOptions> {
             "CriuPath" => o.criu_path = value.string().map_err(field)?,
             "CriuImagePath" => o.criu_image_path = value.string().map_err(field)?,
             "CriuWorkPath" => o.criu_work_path = value.string().map_err(field)?,
-            _ => {}
+            // As containerd's own decoding does: a key of another shim's is no error.
+            other => log::warn!("runtime option {other} is not one of runc's: ignored"),
         }
     }
     Ok(o)

@@ -5,11 +5,18 @@ use shim::protos::introspection::RuntimeInfo;
 use shim::protos::shim::DeleteResponse;
 use std::process::{Command, Stdio};
 
-const SHIM: &str = env!("CARGO_BIN_EXE_containerd-shim-rust-v1");
+/// The shim binary under test: `SHIM_UNDER_TEST` when set (scripts/test.sh points it at the
+/// release binary), else the one cargo built beside the tests.
+fn shim() -> String {
+    std::env::var("SHIM_UNDER_TEST")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_containerd-shim-rust-v1").to_string())
+}
 
 #[test]
 fn version_flag_names_the_shim_version_and_revision() {
-    let out = Command::new(SHIM).arg("-v").output().unwrap();
+    let out = Command::new(shim()).arg("-v").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("containerd-shim-rust-v1"), "{text}");
@@ -29,7 +36,7 @@ fn info_flag_prints_runtime_info_with_the_options_it_was_given() {
     let mut any = protobuf::well_known_types::any::Any::new();
     any.type_url = "containerd.runc.v1.Options".into();
     any.value = opts.write_to_bytes().unwrap();
-    let mut child = Command::new(SHIM)
+    let mut child = Command::new(shim())
         .arg("-info")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -52,7 +59,7 @@ fn info_flag_prints_runtime_info_with_the_options_it_was_given() {
 /// leave to the shim.
 #[test]
 fn info_with_empty_stdin_names_the_mounts_the_shim_takes() {
-    let out = Command::new(SHIM)
+    let out = Command::new(shim())
         .arg("-info")
         .stdin(Stdio::null())
         .output()
@@ -81,7 +88,7 @@ fn info_with_empty_stdin_names_the_mounts_the_shim_takes() {
 
 #[test]
 fn info_flag_rejects_malformed_options() {
-    let mut child = Command::new(SHIM)
+    let mut child = Command::new(shim())
         .arg("-info")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -100,7 +107,7 @@ fn delete_of_a_bundle_with_nothing_left_reports_a_killed_task() {
     std::fs::create_dir_all(&bundle).unwrap();
     // The pid runc wrote when it created the task: what containerd reports for the task.
     std::fs::write(bundle.join("init.pid"), "4242").unwrap();
-    let out = Command::new(SHIM)
+    let out = Command::new(shim())
         .args([
             "-namespace",
             "cli-test",
@@ -128,7 +135,7 @@ fn delete_of_a_bundle_with_nothing_left_reports_a_killed_task() {
 
 #[test]
 fn bad_command_lines_fail_with_usage() {
-    let out = Command::new(SHIM)
+    let out = Command::new(shim())
         .args(["-nosuchflag", "x", "start"])
         .output()
         .unwrap();
@@ -176,7 +183,7 @@ fn delete_uses_the_saved_runc_and_keeps_a_live_socket() {
     let _ = std::fs::remove_file(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let delete = || {
-        Command::new(SHIM)
+        Command::new(shim())
             .args(["-namespace", ns, "-address", &address])
             .args(["-publish-binary", "/bin/true", "-id", &id, "-bundle"])
             .arg(&bundle)

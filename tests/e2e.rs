@@ -8,6 +8,8 @@
 #[path = "e2e/bootstrap.rs"]
 mod bootstrap;
 mod common;
+#[path = "e2e/cri.rs"]
+mod cri;
 #[path = "e2e/direct.rs"]
 mod direct_tests;
 #[path = "e2e/docker.rs"]
@@ -30,6 +32,7 @@ mod tty;
 use bootstrap::*;
 use common::direct::DirectShim;
 use common::*;
+use cri::*;
 use direct_tests::*;
 use docker::*;
 use exec::*;
@@ -131,6 +134,14 @@ const TESTS: &[(&str, Test)] = tests![
     docker_restart_and_restart_policies_follow_the_exits,
     docker_memory_limit_reports_oom_killed,
     docker_runtime_options_reach_the_shim,
+    cri_a_pod_is_one_shim_with_logs_in_cri_format,
+    cri_exec_sync_gives_output_exit_code_and_a_timeout,
+    cri_stop_container_sends_term_then_kill_after_the_grace,
+    cri_stats_and_updates_reach_the_cgroup,
+    cri_an_oom_kill_is_reported_as_oomkilled,
+    cri_reopen_container_log_starts_a_new_file,
+    cri_options_table_reaches_the_shim,
+    cri_runtime_path_runs_our_binary_as_runc_v2,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
@@ -504,7 +515,7 @@ fn killed_shim_is_cleaned_up(ctx: &mut Ctx) -> TestResult {
 
 pub fn shim_binary(ctx: &Ctx) -> String {
     if ctx.runtime == OURS {
-        SHIM_BIN.to_string()
+        shim_bin()
     } else {
         ctx.daemon
             .line
@@ -1094,7 +1105,18 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
             return Some(format!("Docker Engine cannot be had here: {e}"));
         }
     }
+    if test.starts_with("cri_") && line.contains('+') {
+        return Some("CRI runs on each containerd line with runc".into());
+    }
     match test {
+        "cri_runtime_path_runs_our_binary_as_runc_v2" if runtime == GO_SHIM => {
+            Some("runtime_path names our binary: there is no Go shim in this test".into())
+        }
+        "cri_runtime_path_runs_our_binary_as_runc_v2" if line == "1.6" => Some(
+            "containerd 1.6.20 never passes runtime_path to the shim manager (fixed in 1.6.21): \
+             it starts its own runc shim instead"
+                .into(),
+        ),
         "inspect_runtime_reports_the_shim" if line.starts_with("1.") => Some(format!(
             "ctr {line} has no `plugins inspect-runtime` and containerd {line} never runs `-info`"
         )),

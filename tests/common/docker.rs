@@ -215,13 +215,7 @@ impl Docker {
             );
             let shims = shims_of_namespace(&ctx.ns);
             ensure!(shims.is_empty(), "shim processes left: {shims:?}");
-            let cgroups: Vec<PathBuf> = namespace_cgroups(&ctx.ns)
-                .into_iter()
-                .filter(|c| c.depth > 0)
-                .map(|c| c.path)
-                .collect();
-            ensure!(cgroups.is_empty(), "container cgroups left: {cgroups:?}");
-            Ok(())
+            no_container_cgroups(&ctx.ns)
         })
     }
 }

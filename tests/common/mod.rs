@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod cri;
 pub mod direct;
 pub mod docker;
 pub mod tty;
@@ -18,7 +19,15 @@ pub type TestResult = Result<(), String>;
 pub const IMAGE: &str = "docker.io/library/busybox-shim-test:latest";
 pub const OURS: &str = "io.containerd.rustshim.v1";
 pub const GO_SHIM: &str = "io.containerd.runc.v2";
-pub const SHIM_BIN: &str = env!("CARGO_BIN_EXE_containerd-shim-rust-v1");
+
+/// The shim binary under test: `SHIM_UNDER_TEST` when set (scripts/test.sh points it at the
+/// release binary it installs), else the one cargo built beside the tests.
+pub fn shim_bin() -> String {
+    std::env::var("SHIM_UNDER_TEST")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_containerd-shim-rust-v1").to_string())
+}
 
 /// Fails the test with a message when the condition does not hold.
 #[macro_export]
@@ -186,7 +195,7 @@ impl Containerd {
         fs::create_dir_all(base.join("bin")).map_err(|e| format!("mkdir {base:?}: {e}"))?;
         // containerd finds io.containerd.rustshim.v1 as containerd-shim-rustshim-v1 on PATH:
         // point it at the binary under test, not at whatever is installed.
-        std::os::unix::fs::symlink(SHIM_BIN, base.join("bin/containerd-shim-rustshim-v1"))
+        std::os::unix::fs::symlink(shim_bin(), base.join("bin/containerd-shim-rustshim-v1"))
             .map_err(|e| format!("symlink shim: {e}"))?;
         if line.oci == Oci::Crun {
             let runc = base.join("bin/runc");
@@ -754,6 +763,33 @@ pub fn namespace_cgroups(ns: &str) -> Vec<CgroupDir> {
         }
     }
     out
+}
+
+/// Fails when namespace `ns` still has a container's cgroup (below its own, which runc
+/// leaves empty).
+pub fn no_container_cgroups(ns: &str) -> Result<(), String> {
+    let left: Vec<PathBuf> = namespace_cgroups(ns)
+        .into_iter()
+        .filter(|c| c.depth > 0)
+        .map(|c| c.path)
+        .collect();
+    ensure!(left.is_empty(), "container cgroups left: {left:?}");
+    Ok(())
+}
+
+/// Writes `dir/logging-runc`, a runc that appends each of its command lines to
+/// `dir/calls.log` and then runs runc; returns (wrapper, log).
+pub fn logging_runc(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let wrapper = dir.join("logging-runc");
+    let log = dir.join("calls.log");
+    let script = format!(
+        "#!/bin/sh\necho \"$*\" >> {}\nexec runc \"$@\"\n",
+        log.display()
+    );
+    fs::write(&wrapper, script).map_err(|e| format!("{}: {e}", wrapper.display()))?;
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    fs::set_permissions(&wrapper, mode).map_err(|e| e.to_string())?;
+    Ok((wrapper, log))
 }
 
 /// Removes cgroup directories (deepest first); one that still has processes stays.

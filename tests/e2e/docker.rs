@@ -543,15 +543,7 @@ pub fn docker_runtime_options_reach_the_shim(ctx: &mut Ctx) -> TestResult {
     let dir = std::path::PathBuf::from(format!("{}-wrapper", ctx.daemon.base.display()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let result = (|| {
-        let log = dir.join("calls.log");
-        let wrapper = dir.join("logging-runc");
-        let script = format!(
-            "#!/bin/sh\necho \"$*\" >> {}\nexec runc \"$@\"\n",
-            log.display()
-        );
-        std::fs::write(&wrapper, script).map_err(|e| e.to_string())?;
-        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-        std::fs::set_permissions(&wrapper, mode).map_err(|e| e.to_string())?;
+        let (wrapper, log) = logging_runc(&dir)?;
         let options = if ctx.runtime == GO_SHIM {
             serde_json::json!({ "BinaryName": wrapper.to_string_lossy() })
         } else {

@@ -40,15 +40,7 @@ fn run_to_exit(sh: &DirectShim, create: &CreateTaskRequest) -> Result<u32, Strin
 pub fn runc_options_reach_the_binary_they_name(ctx: &mut Ctx) -> TestResult {
     let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "wrapped", &["sleep", "1000"])?;
     let dir = sh.bundle_path("wrapped");
-    let wrapper = dir.join("logging-runc");
-    let calls = dir.join("calls.log");
-    let script = format!(
-        "#!/bin/sh\necho \"$*\" >> {}\nexec runc \"$@\"\n",
-        calls.display()
-    );
-    std::fs::write(&wrapper, script).map_err(|e| e.to_string())?;
-    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
-    std::fs::set_permissions(&wrapper, mode).map_err(|e| e.to_string())?;
+    let (wrapper, calls) = logging_runc(&dir)?;
     let root = dir.join("runc-root").to_string_lossy().into_owned();
     let (image, work) = (dir.join("ckpt-image"), dir.join("ckpt-work"));
     let options = Options {
