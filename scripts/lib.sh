@@ -17,6 +17,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = "$address"
 [ttrpc]
   address = "$address.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$work/opt"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 TOML
   containerd --config "$work/config.toml" >"$work/containerd.log" 2>&1 &
   daemon_pid=$!

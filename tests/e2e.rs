@@ -142,6 +142,7 @@ const TESTS: &[(&str, Test)] = tests![
     cri_reopen_container_log_starts_a_new_file,
     cri_options_table_reaches_the_shim,
     cri_runtime_path_runs_our_binary_as_runc_v2,
+    cri_streaming_exec_and_attach_carry_stdio_and_the_exit_code,
 ];
 
 const RUNTIMES: &[&str] = &[OURS, GO_SHIM];

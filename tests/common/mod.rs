@@ -358,6 +358,8 @@ impl Drop for Containerd {
     }
 }
 
+/// containerd's config: its own root, state and sockets, no CRI; nothing shared with the host's
+/// containerd (the opt plugin's directory is the daemon's own, NRI's socket is off).
 fn config_toml(base: &Path, address: &Path) -> String {
     format!(
         r#"version = 2
@@ -373,10 +375,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   level = "info"
 [metrics]
   address = ""
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+[plugins."io.containerd.nri.v1.nri"]
+  disable = true
 "#,
         root = base.join("root").display(),
         state = base.join("state").display(),
         address = address.display(),
+        opt = base.join("opt").display(),
     )
 }
 

@@ -34,14 +34,16 @@ fn log_lines(path: &std::path::Path) -> Result<Vec<(String, String, String)>, St
         .collect()
 }
 
-/// A pod and two containers share one shim; each container keeps its own exit status; CRI's
+/// A pod's sandbox and five containers share one shim; each container keeps its own exit status; CRI's
 /// log files get stdout and stderr apart and whole; removing the pod leaves nothing.
 pub fn cri_a_pod_is_one_shim_with_logs_in_cri_format(ctx: &mut Ctx) -> TestResult {
     let cri = Cri::start(ctx, "")?;
     let pod = cri.run_pod("onepod")?;
     let script = "for i in $(seq 1 200); do echo out-$i; echo err-$i >&2; done; exit 3";
     let talker = cri.run(&pod, "talker", &["sh", "-c", script], |_| {})?;
-    let sleeper = cri.run(&pod, "sleeper", &["sleep", "1000"], |_| {})?;
+    let sleepers = (1..=4)
+        .map(|i| cri.run(&pod, &format!("sleeper{i}"), &["sleep", "1000"], |_| {}))
+        .collect::<Result<Vec<String>, String>>()?;
     let status = cri.wait_exited(&talker, LIMIT)?;
     ensure!(
         status.exit_code == 3,
@@ -51,14 +53,21 @@ pub fn cri_a_pod_is_one_shim_with_logs_in_cri_format(ctx: &mut Ctx) -> TestResul
     let shims = cri.shims();
     ensure!(
         shims.len() == 1,
-        "a pod of a sandbox and two containers has shims {shims:?}, want one"
+        "a pod of a sandbox and five containers has shims {shims:?}, want one"
     );
-    let sleeping = cri.status(&sleeper)?;
-    ensure!(
-        sleeping.state == ContainerState::ContainerRunning as i32,
-        "the other container is in state {} after its neighbour's exit",
-        sleeping.state
+    let (_, rss) = crate::direct_tests::footprint(shims[0])?;
+    println!(
+        "    [{}] one shim serves the pod's sandbox and five containers: RSS {rss} KiB",
+        ctx.runtime
     );
+    for sleeper in &sleepers {
+        let sleeping = cri.status(sleeper)?;
+        ensure!(
+            sleeping.state == ContainerState::ContainerRunning as i32,
+            "{sleeper} is in state {} after its neighbour's exit",
+            sleeping.state
+        );
+    }
     let lines = log_lines(&pod.logs.join("talker.log"))?;
     for stream in ["stdout", "stderr"] {
         let prefix = if stream == "stdout" { "out" } else { "err" };
@@ -411,6 +420,76 @@ pub fn cri_runtime_path_runs_our_binary_as_runc_v2(ctx: &mut Ctx) -> TestResult 
         text(&reply.stdout) == "through-runtime-path\n",
         "exec printed {:?}",
         text(&reply.stdout)
+    );
+    cri.remove_pod_and_check(&pod, ctx)
+}
+
+/// Exec and Attach through CRI's streaming server, as `kubectl exec -i` and `kubectl attach -i`
+/// use them: input reaches the process, stdout and stderr come back apart, and an exec's exit
+/// code comes back in the stream's status.
+pub fn cri_streaming_exec_and_attach_carry_stdio_and_the_exit_code(ctx: &mut Ctx) -> TestResult {
+    let cri = Cri::start(ctx, "")?;
+    let pod = cri.run_pod("streampod")?;
+    let app = "read x; echo attached:$x; echo to-err >&2; exit 5";
+    let id = cri.run(&pod, "app", &["sh", "-c", app], |config| {
+        config.stdin = true
+    })?;
+    let request = ExecRequest {
+        container_id: id.clone(),
+        cmd: ["sh", "-c", "read x; echo got:$x; echo exec-err >&2; exit 3"]
+            .map(String::from)
+            .to_vec(),
+        tty: false,
+        stdin: true,
+        stdout: true,
+        stderr: true,
+    };
+    let url = cri
+        .call("Exec", |mut c| async move { c.exec(request).await })?
+        .url;
+    let got = stream(&url, b"hello\n", LIMIT)?;
+    ensure!(
+        text(&got.stdout) == "got:hello\n",
+        "exec stdout {:?}",
+        text(&got.stdout)
+    );
+    ensure!(
+        text(&got.stderr) == "exec-err\n",
+        "exec stderr {:?}",
+        text(&got.stderr)
+    );
+    ensure!(
+        got.status.contains("NonZeroExitCode") && got.status.contains("\"3\""),
+        "exec status {:?}, want exit code 3",
+        got.status
+    );
+
+    let request = AttachRequest {
+        container_id: id.clone(),
+        stdin: true,
+        tty: false,
+        stdout: true,
+        stderr: true,
+    };
+    let url = cri
+        .call("Attach", |mut c| async move { c.attach(request).await })?
+        .url;
+    let got = stream(&url, b"world\n", LIMIT)?;
+    ensure!(
+        text(&got.stdout).contains("attached:world"),
+        "attach stdout {:?}",
+        text(&got.stdout)
+    );
+    ensure!(
+        text(&got.stderr).contains("to-err"),
+        "attach stderr {:?}",
+        text(&got.stderr)
+    );
+    let status = cri.wait_exited(&id, LIMIT)?;
+    ensure!(
+        status.exit_code == 5,
+        "the attached container's exit code {}",
+        status.exit_code
     );
     cri.remove_pod_and_check(&pod, ctx)
 }
