@@ -249,12 +249,24 @@ mod tests {
     #[test]
     fn cri_options_read_the_toml_config_body() {
         let mut m = runtimeoptions::Options::new();
-        m.config_body =
-            "BinaryName = \"/opt/runc\"\nSystemdCgroup = true\nIoUid = 5\nOther = 'x'\n".into();
+        // Every key of runc's options, as containerd 1.7 (double quotes) and 2.x (single) write
+        // them, and a key of another runtime's, which is ignored.
+        m.config_body = "BinaryName = \"/opt/runc\"\nRoot = '/run/r'\nSystemdCgroup = true\n\
+            NoPivotRoot = true\nNoNewKeyring = true\nIoUid = 5\nIoGid = 6\n\
+            ShimCgroup = '/shims'\nCriuPath = '/bin/criu'\nCriuImagePath = '/img'\n\
+            CriuWorkPath = '/work'\nOther = 'x'\n"
+            .into();
         let o = decode(Some(&any_of(CRI_RUNTIME_OPTIONS, &m))).unwrap();
         assert_eq!(o.binary(), "/opt/runc");
-        assert!(o.systemd_cgroup);
-        assert_eq!(o.io_uid, 5);
+        assert_eq!(o.root, "/run/r");
+        assert!(o.systemd_cgroup && o.no_pivot_root && o.no_new_keyring);
+        assert_eq!((o.io_uid, o.io_gid), (5, 6));
+        assert_eq!(o.shim_cgroup, "/shims");
+        assert_eq!(o.criu_path, "/bin/criu");
+        assert_eq!(
+            (o.criu_image_path.as_str(), o.criu_work_path.as_str()),
+            ("/img", "/work")
+        );
     }
 
     #[test]

@@ -123,6 +123,7 @@ const TESTS: &[(&str, Test)] = tests![
     a_23_bootstrap_without_options_starts_a_task,
     an_options_any_on_stdin_still_starts_the_old_way,
     a_mount_containerd_should_have_resolved_is_refused,
+    a_23_pod_reuses_the_sandbox_shim_without_start,
     docker_run_gives_output_exit_code_and_stdin,
     docker_terminals_have_the_clients_size,
     docker_logs_follow_and_keep_streams_apart,
@@ -1136,6 +1137,7 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         ),
         "a_23_bootstrap_with_options_and_a_socket_dir_serves_v3"
         | "a_23_bootstrap_without_options_starts_a_task"
+        | "a_23_pod_reuses_the_sandbox_shim_without_start"
         | "an_options_any_on_stdin_still_starts_the_old_way"
             if runtime == GO_SHIM =>
         {
@@ -1149,6 +1151,7 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         ),
         "a_23_bootstrap_with_options_and_a_socket_dir_serves_v3"
         | "a_23_bootstrap_without_options_starts_a_task"
+        | "a_23_pod_reuses_the_sandbox_shim_without_start"
         | "an_options_any_on_stdin_still_starts_the_old_way"
         | "a_mount_containerd_should_have_resolved_is_refused"
             if line != "1.6" =>

@@ -224,3 +224,59 @@ pub fn a_mount_containerd_should_have_resolved_is_refused(ctx: &mut Ctx) -> Test
     ensure!(mounts.is_empty(), "mounted: {mounts:?}");
     sh.finish()
 }
+
+/// containerd 2.2 and later run `start` only for a pod's sandbox when its shim answered with
+/// the version 3 bootstrap: every other container of the pod is created over the sandbox
+/// shim's socket directly. Here the pod's app container arrives that way, after the sandbox;
+/// it runs and ends with its own status, a Shutdown while the sandbox lives keeps the shim,
+/// and the shim leaves after the sandbox's Delete and Shutdown.
+pub fn a_23_pod_reuses_the_sandbox_shim_without_start(ctx: &mut Ctx) -> TestResult {
+    let (sh, _) = DirectShim::start_bootstrapped(
+        &shim_binary(ctx),
+        &ctx.ns,
+        "sandbox",
+        &["sleep", "1000"],
+        None,
+        None,
+    )?;
+    ensure!(sh.version == 3, "announced task API v{}", sh.version);
+    let (c, cx) = (&sh.client, DirectShim::ctx);
+    sh.rt
+        .block_on(c.create(cx(), &sh.create_request("sandbox", None)))
+        .map_err(|e| format!("Create sandbox: {e}"))?;
+    sh.start_task("sandbox")?;
+    sh.bundle("app", &["sh", "-c", "exit 7"])?;
+    let status = lifecycle(&sh, "app")?;
+    ensure!(status == 7, "the app's exit status {status}");
+    let shutdown = ShutdownRequest::default();
+    sh.rt
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), c.shutdown(cx(), &shutdown)).await
+        })
+        .map_err(|_| "Shutdown with the sandbox alive did not answer".to_string())?
+        .map_err(|e| format!("Shutdown with the sandbox alive: {e}"))?;
+    let state = StateRequest {
+        id: "sandbox".into(),
+        ..Default::default()
+    };
+    let sandbox = sh
+        .rt
+        .block_on(c.state(cx(), &state))
+        .map_err(|e| format!("the sandbox after a Shutdown: {e}"))?;
+    ensure!(
+        sandbox.status.value() == shim::protos::task::Status::RUNNING as i32,
+        "the sandbox is {:?} after the app left",
+        sandbox.status
+    );
+    let kill = KillRequest {
+        id: "sandbox".into(),
+        signal: 9,
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.kill(cx(), &kill))
+        .map_err(|e| format!("Kill sandbox: {e}"))?;
+    sh.wait_exit("sandbox", Duration::from_secs(20))?;
+    sh.delete_task("sandbox")?;
+    sh.finish()
+}
