@@ -175,7 +175,7 @@ impl Container {
         self.runc
             .create(&self.id, &self.bundle, &opts, child_stdio)
             .await?;
-        let pid = read_pid(&pid_file)?;
+        let pid = blocking(move || read_pid(&pid_file)).await?;
         self.init.set_pid(pid);
         self.found_init(pid);
         self.init.set_io(opened.start(&self.id)?);
@@ -350,7 +350,8 @@ impl Container {
             *self.restore_slot() = Some(restore);
             return Err(e);
         }
-        let pid = read_pid(&restore.opts.pid_file)?;
+        let pid_file = restore.opts.pid_file.clone();
+        let pid = blocking(move || read_pid(&pid_file)).await?;
         self.init.set_pid(pid);
         self.found_init(pid);
         self.init.set_io(opened.start(&self.id)?);
@@ -452,9 +453,12 @@ impl Container {
             .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} was deleted")))?;
         let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
         let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
-        std::fs::write(&spec_file, &spec).map_err(|e| {
-            Error::Internal(format!("failed to write {}: {e}", spec_file.display()))
-        })?;
+        let (path, text) = (spec_file.clone(), spec);
+        blocking(move || {
+            std::fs::write(&path, &text)
+                .map_err(|e| Error::Internal(format!("failed to write {}: {e}", path.display())))
+        })
+        .await?;
         let (opened, child_stdio) = match stdio::open(&plan, &self.open_context(process)).await {
             Ok(io) => io,
             Err(e) => {
@@ -467,10 +471,14 @@ impl Container {
             pid_file: pid_file.clone(),
         };
         let ran = self.runc.exec(&self.id, &opts, child_stdio).await;
-        let _ = std::fs::remove_file(&spec_file);
+        let pid = blocking(move || {
+            let _ = std::fs::remove_file(&spec_file);
+            let pid = read_pid(&pid_file);
+            let _ = std::fs::remove_file(&pid_file);
+            pid
+        })
+        .await;
         ran?;
-        let pid = read_pid(&pid_file);
-        let _ = std::fs::remove_file(&pid_file);
         let pid = pid?;
         process.set_pid(pid);
         // A pty that cannot be taken leaves a started process with no streams: it still runs

@@ -68,6 +68,39 @@ fn read_stdin() -> Vec<u8> {
     buf
 }
 
+/// Marks every fd from `first` up close-on-exec; open files stay open.
+fn close_on_exec_from(first: i32) {
+    // close_range(2) marks them all in one call (Linux 5.11); older kernels answer EINVAL or
+    // ENOSYS, and each open fd is marked on its own.
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag; it closes nothing.
+    let marked = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if marked == 0 {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    for fd in dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        if fd >= first {
+            // SAFETY: F_GETFD/F_SETFD on a number that may not be open fail harmlessly.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFD);
+                if flags >= 0 {
+                    libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+                }
+            }
+        }
+    }
+}
+
 /// The one Task implementation under both wire names: containerd.task.v2.Task, and
 /// containerd.task.v3.Task, which containerd 2.x calls with the same messages.
 fn task_services(
@@ -81,11 +114,15 @@ fn task_services(
 }
 
 async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Result<(), String> {
-    // The listener comes inherited without close-on-exec. Before anything is spawned it gets
-    // the flag, or the shim does not serve: a runc, logger or container holding our socket
-    // is the kind of leaked fd CVE-2024-21626 was made of.
+    // The listener comes inherited without close-on-exec, and so may whatever the one who
+    // started containerd leaked to it (containerd passes on what it inherited). Before
+    // anything is spawned every fd from 3 up gets the flag, and the listener's is checked, or
+    // the shim does not serve: a runc, logger or container holding our socket is the kind of
+    // leaked fd CVE-2024-21626 was made of.
+    close_on_exec_from(LISTENER_FD);
     // SAFETY: fcntl on the fd `start` handed us, which nothing else owns.
-    if unsafe { libc::fcntl(LISTENER_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+    let fd_flags = unsafe { libc::fcntl(LISTENER_FD, libc::F_GETFD) };
+    if fd_flags < 0 || fd_flags & libc::FD_CLOEXEC == 0 {
         return Err(format!(
             "failed to make the listener close-on-exec: {}",
             std::io::Error::last_os_error()

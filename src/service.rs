@@ -154,9 +154,7 @@ impl Service {
     }
 
     async fn create(self: Arc<Self>, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
-        if req.id.is_empty() {
-            return Err(Error::InvalidArgument("container id is empty".into()));
-        }
+        check_id("container id", &req.id)?;
         let options = match req.options.as_ref() {
             Some(any) if !any.type_url.is_empty() => options::decode(Some(any))?,
             _ => self.default_options.clone(),
@@ -517,7 +515,21 @@ fn publish_oom(publisher: &Publisher, container_id: &str) {
 /// Exec ids name files in the bundle: containerd's identifier rule (letters and digits,
 /// separated by single `.`, `_` or `-`), at most 76 characters.
 fn check_exec_id(id: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::InvalidArgument(format!("exec id {id:?} {why}")));
+    check_id("exec id", id)
+}
+
+/// containerd's rule for identifiers (it checks exec ids itself only from its runtime v2
+/// manager, and a client on our socket checks nothing): letters and digits in runs joined by
+/// single separators, at most 76 characters. Ids name runc containers and files of the
+/// bundle, so nothing else may reach a path.
+fn check_id(kind: &str, id: &str) -> Result<()> {
+    let bad = |why: &str| {
+        let shown: String = id.chars().take(80).collect();
+        let more = if shown.len() < id.len() { "..." } else { "" };
+        Err(Error::InvalidArgument(format!(
+            "{kind} {shown:?}{more} {why}"
+        )))
+    };
     if id.is_empty() {
         return bad("is empty");
     }
@@ -728,5 +740,14 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_huge_id_is_refused_with_a_short_message() {
+        let huge = "a".repeat(64 << 10);
+        let refused = check_id("container id", &huge);
+        let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.starts_with("container id \"aaa"), "{message}");
+        assert!(message.len() < 200, "{} bytes", message.len());
     }
 }

@@ -86,10 +86,12 @@ async fn splice_loop(
 /// Copies from the pipe `src` into the regular file `dst` until `src` reports end of file.
 /// splice(2) refuses files opened for appending (EINVAL), and appending is what keeps other
 /// writers of the same log intact, so this one reads and writes through a buffer. A file
-/// cannot be polled (it is always ready): only the pipe is waited on.
+/// cannot be polled (it is always ready), and a write to one on a hung or full filesystem
+/// blocks: the pipe is waited on here, each write runs on the blocking pool, so a stuck log
+/// stalls only its own copy, never the thread that serves requests and reaps.
 pub async fn append_to_file(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
     let src = register(src, Interest::READABLE)?;
-    let mut file = std::fs::File::from(dst);
+    let file = std::sync::Arc::new(std::fs::File::from(dst));
     let mut buf = vec![0u8; 64 << 10];
     let mut total = 0u64;
     loop {
@@ -97,7 +99,15 @@ pub async fn append_to_file(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) ->
         match nix::unistd::read(std::os::fd::AsRawFd::as_raw_fd(src.get_ref()), &mut buf) {
             Ok(0) => return Ok(total),
             Ok(n) => {
-                std::io::Write::write_all(&mut file, &buf[..n])?;
+                let file = file.clone();
+                let (back, written) = tokio::task::spawn_blocking(move || {
+                    let written = std::io::Write::write_all(&mut &*file, &buf[..n]);
+                    (buf, written)
+                })
+                .await
+                .map_err(io::Error::other)?;
+                buf = back;
+                written?;
                 total += n as u64;
                 progress.fetch_add(n as u64, Ordering::Relaxed);
             }

@@ -147,7 +147,11 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
             }
         }
         Output::File(path) => {
-            let file = open_log_file(path)?;
+            // Off the serving thread: the log may sit on a slow or hung filesystem.
+            let path = path.clone();
+            let file = tokio::task::spawn_blocking(move || open_log_file(&path))
+                .await
+                .map_err(|e| Error::Internal(format!("log file task failed: {e}")))??;
             // One pipe for both streams keeps their lines in the order they were written.
             let (pipe_r, pipe_w) = output_pipe(cx.owner)?;
             child.stderr =

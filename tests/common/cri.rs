@@ -110,7 +110,7 @@ impl Cri {
             std::env::var("PATH").unwrap_or_default()
         );
         daemon.child = Some(
-            Command::new(line.tool("containerd"))
+            super::stdio_only(&mut Command::new(line.tool("containerd")))
                 .arg("--config")
                 .arg(&config)
                 .env("PATH", path)

@@ -3,7 +3,7 @@
 //! the shim publishes. Used where containerd would stand between the test and the shim's
 //! answer (error codes, request order).
 
-use super::{run_ok, run_with_input, shim_pids};
+use super::{run_ok, run_with_input, shim_bin, shim_pids, Ctx, OURS};
 use shim::protos::forward::ForwardRequest;
 use shim::protos::forward_ttrpc::{create_events, Events};
 use shim::protos::shim::*;
@@ -463,13 +463,7 @@ impl DirectShim {
         id: &str,
         options: Option<shim::protos::runc_options::Options>,
     ) -> CreateTaskRequest {
-        use protobuf::Message;
-        let options = options.map_or_else(protobuf::MessageField::none, |o| {
-            let mut any = protobuf::well_known_types::any::Any::new();
-            any.type_url = "containerd.runc.v1.Options".into();
-            any.value = o.write_to_bytes().unwrap_or_default();
-            protobuf::MessageField::some(any)
-        });
+        let options = options.map_or_else(protobuf::MessageField::none, |o| runc_options_any(&o));
         CreateTaskRequest {
             id: id.into(),
             bundle: self.bundle_path(id).to_string_lossy().into_owned(),
@@ -478,41 +472,85 @@ impl DirectShim {
         }
     }
 
+    /// Creates a task; the error names the request's id.
+    pub fn create(&self, req: &CreateTaskRequest) -> Result<CreateTaskResponse, String> {
+        self.rt
+            .block_on(self.client.create(Self::ctx(), req))
+            .map_err(|e| format!("Create {}: {e}", req.id))
+    }
+
     /// Starts `id`'s init; its pid.
     pub fn start_task(&self, id: &str) -> Result<u32, String> {
+        self.start_process(id, "")
+    }
+
+    /// Starts a process of `id` (its init when `exec_id` is empty); its pid.
+    pub fn start_process(&self, id: &str, exec_id: &str) -> Result<u32, String> {
         let req = StartRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         self.rt
             .block_on(self.client.start(Self::ctx(), &req))
             .map(|r| r.pid)
-            .map_err(|e| format!("Start {id}: {e}"))
+            .map_err(|e| format!("Start {id} {exec_id}: {e}"))
+    }
+
+    /// Sends `signal` to a process of `id` (its init when `exec_id` is empty).
+    pub fn kill(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), String> {
+        let req = KillRequest {
+            id: id.into(),
+            exec_id: exec_id.into(),
+            signal,
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.client.kill(Self::ctx(), &req))
+            .map(|_| ())
+            .map_err(|e| format!("Kill {id} {exec_id}: {e}"))
     }
 
     /// Deletes `id`'s init (and with it the container).
     pub fn delete_task(&self, id: &str) -> Result<DeleteResponse, String> {
+        self.delete_process(id, "")
+    }
+
+    /// Deletes a process of `id` (its init, and the container, when `exec_id` is empty).
+    pub fn delete_process(&self, id: &str, exec_id: &str) -> Result<DeleteResponse, String> {
         let req = DeleteRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         self.rt
             .block_on(self.client.delete(Self::ctx(), &req))
-            .map_err(|e| format!("Delete {id}: {e}"))
+            .map_err(|e| format!("Delete {id} {exec_id}: {e}"))
     }
 
     /// Waits for the exit of `id`'s init, for at most `limit`: past it the exit was lost.
     pub fn wait_exit(&self, id: &str, limit: Duration) -> Result<WaitResponse, String> {
+        self.wait_process(id, "", limit)
+    }
+
+    /// Waits for the exit of a process of `id`, for at most `limit`: past it the exit was lost.
+    pub fn wait_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        limit: Duration,
+    ) -> Result<WaitResponse, String> {
         let req = WaitRequest {
             id: id.into(),
+            exec_id: exec_id.into(),
             ..Default::default()
         };
         self.rt
             .block_on(async {
                 tokio::time::timeout(limit, self.client.wait(Self::ctx(), &req)).await
             })
-            .map_err(|_| format!("Wait {id} never returned: the exit was lost"))?
-            .map_err(|e| format!("Wait {id}: {e}"))
+            .map_err(|_| format!("Wait {id} {exec_id} never returned: the exit was lost"))?
+            .map_err(|e| format!("Wait {id} {exec_id}: {e}"))
     }
 
     pub fn ctx() -> ttrpc::context::Context {
@@ -670,4 +708,48 @@ pub fn make_bundle(dir: &Path, id: &str, args: &[&str]) -> Result<PathBuf, Strin
     )
     .map_err(|e| e.to_string())?;
     Ok(bundle)
+}
+
+/// The shim binary a direct test starts: ours, or this line's Go shim.
+pub fn shim_binary(ctx: &Ctx) -> String {
+    if ctx.runtime == OURS {
+        shim_bin()
+    } else {
+        ctx.daemon
+            .line
+            .tool("containerd-shim-runc-v2")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// A Create of `id` in `bundle`, without options.
+pub fn create_request(id: &str, bundle: &std::path::Path) -> CreateTaskRequest {
+    CreateTaskRequest {
+        id: id.to_string(),
+        bundle: bundle.to_string_lossy().into_owned(),
+        ..Default::default()
+    }
+}
+
+/// runc's options as the Any a Create or `start` carries them in.
+pub fn runc_options_any(
+    options: &shim::protos::runc_options::Options,
+) -> protobuf::MessageField<protobuf::well_known_types::any::Any> {
+    use protobuf::Message;
+    options_any(
+        "containerd.runc.v1.Options",
+        options.write_to_bytes().unwrap_or_default(),
+    )
+}
+
+/// An Any of `type_url` around `value`.
+pub fn options_any(
+    type_url: &str,
+    value: Vec<u8>,
+) -> protobuf::MessageField<protobuf::well_known_types::any::Any> {
+    let mut any = protobuf::well_known_types::any::Any::new();
+    any.type_url = type_url.to_string();
+    any.value = value;
+    protobuf::MessageField::some(any)
 }

@@ -6,6 +6,7 @@
 pub mod cri;
 pub mod direct;
 pub mod docker;
+pub mod runner;
 pub mod tty;
 
 use std::fs;
@@ -239,7 +240,7 @@ impl Containerd {
             self.line.bin.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let child = Command::new(self.line.tool("containerd"))
+        let child = stdio_only(&mut Command::new(self.line.tool("containerd")))
             .arg("--config")
             .arg(&self.config)
             .env("PATH", path)
@@ -385,6 +386,21 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         address = address.display(),
         opt = base.join("opt").display(),
     )
+}
+
+/// Starts `cmd` with nothing but its stdio, as a service manager starts a daemon: whatever the
+/// test runner inherited from its own parent (a CI agent's pipes, say) stays out of the
+/// daemons and shims under test, so the fd checks see only what they made.
+pub fn stdio_only(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: close_range(2) is async-signal-safe; CLOSE_RANGE_CLOEXEC (1 << 2) only marks
+    // the fds from 3 up, so exec closes them and std's own exec-error pipe still works.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 1u32 << 2);
+            Ok(())
+        })
+    }
 }
 
 /// Stops a daemon: SIGTERM, then SIGKILL when it has not ended after `grace`.
@@ -562,21 +578,93 @@ pub struct Ctx<'a> {
     pub ns: String,
     pub runtime: &'static str,
     ids: Vec<String>,
-    /// Console socket dirs (/tmp/pty*) there before the test: any other is the test's leak.
-    ptys_before: Vec<PathBuf>,
+    /// What the host held before the test: anything more afterwards is the test's leak.
+    before: HostLeftovers,
 }
 
-/// The console socket directories shims make for terminals: /tmp/pty-XXXXXX (ours) and
-/// /tmp/ptyNNNN (the Go shim's).
-fn console_dirs() -> Vec<PathBuf> {
-    fs::read_dir("/tmp")
+/// Host-wide places a test can leave something in, beyond its namespace: shared by every
+/// containerd (ours, CRI's k8s.io, Docker's), so they are compared before and after a test.
+#[derive(Default, Clone, PartialEq, Debug)]
+pub struct HostLeftovers {
+    /// Console socket dirs shims make for terminals: /tmp/pty-XXXXXX (ours), /tmp/ptyNNNN (Go).
+    ptys: Vec<PathBuf>,
+    /// Container state dirs under runc's default root, /run/containerd/runc/<ns>/<id>.
+    runc_states: Vec<PathBuf>,
+    /// ctr's FIFO dirs, /run/containerd/fifo/<n>; `ctr tasks rm` removes a task's.
+    fifo_dirs: Vec<PathBuf>,
+    /// Shim sockets, /run/containerd/s/<hash>.
+    shim_sockets: Vec<PathBuf>,
+}
+
+pub const RUNC_ROOT: &str = "/run/containerd/runc";
+const FIFO_DIR: &str = "/run/containerd/fifo";
+const SHIM_SOCKETS: &str = "/run/containerd/s";
+
+fn entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
         .map(|d| {
             d.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_string_lossy().starts_with("pty"))
+                .filter(|e| keep(&e.file_name().to_string_lossy()))
                 .map(|e| e.path())
                 .collect()
         })
-        .unwrap_or_default()
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+impl HostLeftovers {
+    pub fn now() -> HostLeftovers {
+        HostLeftovers {
+            ptys: entries(Path::new("/tmp"), |n| n.starts_with("pty")),
+            runc_states: entries(Path::new(RUNC_ROOT), |_| true)
+                .iter()
+                .flat_map(|ns| entries(ns, |_| true))
+                .collect(),
+            fifo_dirs: entries(Path::new(FIFO_DIR), |_| true),
+            shim_sockets: entries(Path::new(SHIM_SOCKETS), |_| true),
+        }
+    }
+
+    /// What is here now and was not in `before`.
+    pub fn since(before: &HostLeftovers) -> HostLeftovers {
+        let now = HostLeftovers::now();
+        let new = |now: Vec<PathBuf>, old: &[PathBuf]| -> Vec<PathBuf> {
+            now.into_iter().filter(|p| !old.contains(p)).collect()
+        };
+        HostLeftovers {
+            ptys: new(now.ptys, &before.ptys),
+            runc_states: new(now.runc_states, &before.runc_states),
+            fifo_dirs: new(now.fifo_dirs, &before.fifo_dirs),
+            shim_sockets: new(now.shim_sockets, &before.shim_sockets),
+        }
+    }
+
+    /// Removes what is listed (runc's state through `runc delete --force`, which also kills
+    /// a process left in it), and says what it was; None when nothing is listed.
+    pub fn remove(&self) -> Option<String> {
+        if *self == HostLeftovers::default() {
+            return None;
+        }
+        for state in &self.runc_states {
+            if let (Some(root), Some(id)) = (state.parent(), state.file_name()) {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(root)
+                    .args(["delete", "--force"])
+                    .arg(id)
+                    .output();
+            }
+            let _ = fs::remove_dir_all(state);
+        }
+        for dir in self.ptys.iter().chain(&self.fifo_dirs) {
+            let _ = fs::remove_dir_all(dir);
+        }
+        for socket in &self.shim_sockets {
+            let _ = fs::remove_file(socket);
+        }
+        Some(format!("{self:?}"))
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -599,7 +687,7 @@ impl<'a> Ctx<'a> {
             ns,
             runtime,
             ids: Vec::new(),
-            ptys_before: console_dirs(),
+            before: HostLeftovers::now(),
         })
     }
 
@@ -680,15 +768,32 @@ impl<'a> Ctx<'a> {
         }))
     }
 
-    /// Removes every task and container of the namespace, then checks nothing of them is left:
-    /// no shim process, no mount, no shim socket.
+    /// Where the test's detached execs keep their FIFOs (ctr leaves those behind).
+    pub fn exec_fifo_dir(&self) -> PathBuf {
+        self.daemon.base.join(format!("exec-fifos-{}", self.ns))
+    }
+
+    /// The pid of `id`'s init, once `ctr tasks ls` lists one.
+    pub fn listed_pid(&self, id: &str) -> Result<i32, String> {
+        eventually(Duration::from_secs(10), || {
+            self.task_pid(id)?
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("task {id} not listed with a pid"))
+        })
+    }
+
+    /// Checks the test removed what it made, then removes whatever is left and checks nothing
+    /// of that stays: no shim process, mount, shim socket, runc state, FIFO or console dir,
+    /// or container cgroup. A container still listed is a leak of the test's own (a `--rm`
+    /// that left it, a test that forgot it), reported before anything is forced.
     pub fn clean_and_check(&mut self) -> TestResult {
+        let containers = self.ctr_ok(&["containers", "ls", "-q"]);
         let tasks = self.ctr_ok(&["tasks", "ls", "-q"]).unwrap_or_default();
         for id in tasks.split_whitespace() {
             let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
             let _ = self.ctr(&["tasks", "rm", "-f", id]);
         }
-        let containers = self.ctr_ok(&["containers", "ls", "-q"]).unwrap_or_default();
+        let containers = containers.unwrap_or_default();
         for id in containers.split_whitespace() {
             let _ = self.ctr(&["tasks", "rm", "-f", id]);
             let _ = self.ctr(&["containers", "rm", id]);
@@ -704,27 +809,10 @@ impl<'a> Ctx<'a> {
         for pid in shims_of_namespace(&self.ns) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-        let address = self.daemon.address.to_string_lossy().into_owned();
-        let sockets: Vec<String> = self
-            .ids
-            .iter()
-            .map(|id| shim::bootstrap::socket_address(&address, &self.ns, id))
-            .filter(|a| shim::bootstrap::socket_path(a).exists())
-            .collect();
-        for s in &sockets {
-            let _ = fs::remove_file(shim::bootstrap::socket_path(s));
-        }
-        shims?;
-        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
-        ensure!(sockets.is_empty(), "shim sockets left: {sockets:?}");
-        let ptys: Vec<PathBuf> = console_dirs()
-            .into_iter()
-            .filter(|d| !self.ptys_before.contains(d))
-            .collect();
-        for d in &ptys {
-            let _ = fs::remove_dir_all(d);
-        }
-        ensure!(ptys.is_empty(), "console socket dirs left: {ptys:?}");
+        let left = HostLeftovers::since(&self.before).remove();
+        let _ = fs::remove_dir_all(self.exec_fifo_dir());
+        // runc makes its namespace directory and never removes it.
+        let _ = fs::remove_dir(Path::new(RUNC_ROOT).join(&self.ns));
         let cgroups = namespace_cgroups(&self.ns);
         let leaked: Vec<&PathBuf> = cgroups
             .iter()
@@ -733,7 +821,31 @@ impl<'a> Ctx<'a> {
             .collect();
         let leaked = format!("{leaked:?}");
         remove_cgroups(cgroups);
+        let containers: Vec<&str> = containers.split_whitespace().collect();
+        ensure!(
+            containers.is_empty(),
+            "the test left containers behind: {containers:?}"
+        );
+        shims?;
+        ensure!(mounts.is_empty(), "mounts left: {mounts:?}");
+        if let Some(left) = left {
+            return Err(format!("left on the host: {left}"));
+        }
         ensure!(leaked == "[]", "container cgroups left: {leaked}");
+        Ok(())
+    }
+
+    /// Ends a container the way a user would: SIGKILL, wait for the exit, delete the task
+    /// (which also removes ctr's FIFO dir) and the container. Every step must succeed.
+    pub fn remove(&self, id: &str) -> TestResult {
+        if self.task_status(id)?.is_some() {
+            if self.task_status(id)?.as_deref() != Some("STOPPED") {
+                self.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", id])?;
+                self.wait_status(id, "STOPPED")?;
+            }
+            self.ctr_ok(&["tasks", "rm", id])?;
+        }
+        self.ctr_ok(&["containers", "rm", id])?;
         Ok(())
     }
 }
@@ -797,6 +909,34 @@ pub fn logging_runc(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
     let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
     fs::set_permissions(&wrapper, mode).map_err(|e| e.to_string())?;
     Ok((wrapper, log))
+}
+
+/// A shell command line that appends `== <label>` and the fds its shell holds, one
+/// `N -> target` a line, to `log`. Python lists them, as a child of the shell: it inherits
+/// what the shell holds apart from the shell's own close-on-exec fds (its script), and no
+/// redirection changes the table it lists.
+pub fn fd_lister(log: &Path, label: &str) -> String {
+    let lister = "import os, sys
+fds = []
+for n in sorted(os.listdir('/proc/self/fd'), key=int):
+    try:
+        fds.append(n + ' -> ' + os.readlink('/proc/self/fd/' + n))
+    except OSError:
+        pass
+open(sys.argv[1], 'a').write('== ' + sys.argv[2] + chr(10) + ''.join(f + chr(10) for f in fds))";
+    format!("python3 -c \"{lister}\" '{}' \"{label}\"", log.display())
+}
+
+/// The (fd, target) pairs of one `fd_lister` entry (its lines after the label).
+pub fn fd_listing(entry: &str) -> Vec<(u32, String)> {
+    entry
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (fd, target) = l.split_once(" -> ")?;
+            Some((fd.trim().parse().ok()?, target.to_string()))
+        })
+        .collect()
 }
 
 /// Removes cgroup directories (deepest first); one that still has processes stays.

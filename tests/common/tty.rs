@@ -13,6 +13,7 @@ pub struct Pty {
     master: OwnedFd,
     child: Child,
     output: Arc<Mutex<Vec<u8>>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 fn winsize(rows: u16, cols: u16) -> Winsize {
@@ -45,12 +46,12 @@ impl Pty {
         let child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
         drop(slave);
         let output = Arc::new(Mutex::new(Vec::new()));
-        let reader = pty.master.try_clone().map_err(|e| e.to_string())?;
+        let master = pty.master.try_clone().map_err(|e| e.to_string())?;
         let sink = output.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 << 10];
             // Ends with EIO once every holder of the slave has gone.
-            while let Ok(n) = nix::unistd::read(reader.as_raw_fd(), &mut buf) {
+            while let Ok(n) = nix::unistd::read(master.as_raw_fd(), &mut buf) {
                 if n == 0 {
                     break;
                 }
@@ -63,6 +64,7 @@ impl Pty {
             master: pty.master,
             child,
             output,
+            reader,
         })
     }
 
@@ -86,6 +88,19 @@ impl Pty {
     }
 
     /// Everything the terminal showed so far.
+    /// Waits, for at most `limit`, until every byte written to the terminal has been read:
+    /// the reader ends once the last holder of the terminal has gone.
+    pub fn drained(&self, limit: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + limit;
+        while !self.reader.is_finished() {
+            if Instant::now() > deadline {
+                return Err(format!("the terminal is still open after {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
     pub fn output(&self) -> Vec<u8> {
         self.output
             .lock()

@@ -2,10 +2,10 @@
 //! on stdin and a protobuf BootstrapResult back (Debian has no containerd 2.3: the test plays
 //! its part, built from containerd's code), 2.2's options Any, and 1.6's plain address.
 
+use crate::common::direct::shim_binary;
 use crate::common::direct::{go_trim_space, DirectShim};
 use crate::common::*;
 use crate::ensure;
-use crate::shim_binary;
 use protobuf::Message;
 use shim::protos::shim::*;
 use std::path::{Path, PathBuf};

@@ -2,10 +2,10 @@
 //! test and what it checks: requests cut off by their deadline, and exec churn measured on
 //! the shim process itself.
 
+use crate::common::direct::shim_binary;
 use crate::common::direct::DirectShim;
 use crate::common::*;
 use crate::ensure;
-use crate::shim_binary;
 use shim::protos::shim::*;
 use shim::protos::task::Status as TaskStatus;
 use std::time::Duration;
@@ -45,7 +45,8 @@ pub fn requests_cut_off_by_their_deadline_still_finish(ctx: &mut Ctx) -> TestRes
     };
     let r = sh.rt.block_on(c.create(DirectShim::hasty(), &create));
     ensure!(r.is_err(), "a Create with a 1 ms deadline answered in time");
-    wait_for_status(&sh, "hasty", TaskStatus::CREATED)?;
+    wait_for_status(&sh, "hasty", TaskStatus::CREATED)
+        .map_err(|e| format!("{e}; log {}", sh.log_text()))?;
     let start = StartRequest {
         id: "hasty".into(),
         ..Default::default()
@@ -140,31 +141,14 @@ pub fn a_thousand_execs_leak_nothing(ctx: &mut Ctx) -> TestResult {
         sh.rt
             .block_on(c.exec(cx(), &exec))
             .map_err(|e| format!("Exec {exec_id}: {e}"))?;
-        sh.rt
-            .block_on(c.start(cx(), &start(&exec_id)))
-            .map_err(|e| format!("Start {exec_id}: {e}"))?;
-        let wait = WaitRequest {
-            id: "churn".into(),
-            exec_id: exec_id.clone(),
-            ..Default::default()
-        };
-        let waited = sh
-            .rt
-            .block_on(c.wait(cx(), &wait))
-            .map_err(|e| format!("Wait {exec_id}: {e}"))?;
+        sh.start_process("churn", &exec_id)?;
+        let waited = sh.wait_process("churn", &exec_id, Duration::from_secs(15))?;
         ensure!(
             waited.exit_status == 0,
             "{exec_id} exited {}",
             waited.exit_status
         );
-        let delete = DeleteRequest {
-            id: "churn".into(),
-            exec_id: exec_id.clone(),
-            ..Default::default()
-        };
-        sh.rt
-            .block_on(c.delete(cx(), &delete))
-            .map_err(|e| format!("Delete {exec_id}: {e}"))?;
+        sh.delete_process("churn", &exec_id)?;
         if i == 49 {
             after_50 = footprint(pid)?;
         }
@@ -226,6 +210,10 @@ pub fn a_thousand_execs_leak_nothing(ctx: &mut Ctx) -> TestResult {
     sh.finish()
 }
 
+/// Ample for a Wait that is answered once its exec is settled (it takes milliseconds); the Go
+/// shim's Wait on a deleted exec never returns and runs into it.
+const WAIT_RETURNS_IN: Duration = Duration::from_secs(4);
+
 /// A Wait sent before the Start of an exec that runc refuses (as ctr and CRI send it) returns
 /// once the Start has failed; a Wait on an exec deleted without running does not hang either.
 pub fn waits_on_an_exec_that_never_runs_return(ctx: &mut Ctx) -> TestResult {
@@ -272,10 +260,8 @@ pub fn waits_on_an_exec_that_never_runs_return(ctx: &mut Ctx) -> TestResult {
             tokio::time::sleep(Duration::from_millis(200)).await;
             c.start(cx(), &start("bad")).await
         };
-        let (waited, started) = tokio::join!(
-            tokio::time::timeout(Duration::from_secs(10), waiter),
-            starter
-        );
+        let (waited, started) =
+            tokio::join!(tokio::time::timeout(WAIT_RETURNS_IN, waiter), starter);
         (waited, started)
     });
     ensure!(outcome.1.is_err(), "Start of a missing binary succeeded");
@@ -295,10 +281,7 @@ pub fn waits_on_an_exec_that_never_runs_return(ctx: &mut Ctx) -> TestResult {
             };
             c.delete(cx(), &delete).await
         };
-        tokio::join!(
-            tokio::time::timeout(Duration::from_secs(10), waiter),
-            deleter
-        )
+        tokio::join!(tokio::time::timeout(WAIT_RETURNS_IN, waiter), deleter)
     });
     ensure!(
         outcome.1.is_ok(),

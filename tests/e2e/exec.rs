@@ -15,6 +15,17 @@ fn sleeper(ctx: &mut Ctx, name: &str) -> Result<String, String> {
     Ok(id)
 }
 
+/// `ctr tasks exec -d`: ctr never removes a detached exec's FIFOs, so they go to the
+/// test's own FIFO dir, which the harness removes.
+fn exec_detached(ctx: &Ctx, id: &str, exec_id: &str, cmd: &[&str]) -> Result<String, String> {
+    let fifos = ctx.exec_fifo_dir();
+    let fifos = fifos.to_string_lossy();
+    let mut args = vec!["tasks", "exec", "-d", "--fifo-dir", &fifos];
+    args.extend_from_slice(&["--exec-id", exec_id, id]);
+    args.extend_from_slice(cmd);
+    ctx.ctr_ok(&args)
+}
+
 fn exec(ctx: &Ctx, id: &str, exec_id: &str, cmd: &[&str]) -> Output {
     let mut args = vec!["tasks", "exec", "--exec-id", exec_id, id];
     args.extend_from_slice(cmd);
@@ -51,8 +62,7 @@ pub fn exec_gives_output_and_exit_code(ctx: &mut Ctx) -> TestResult {
         "reuse of x1: {}",
         text(&again.stderr)
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn exec_events_carry_the_exec_id_in_order(ctx: &mut Ctx) -> TestResult {
@@ -85,22 +95,12 @@ pub fn exec_events_carry_the_exec_id_in_order(ctx: &mut Ctx) -> TestResult {
         "exit event without time: {:?}",
         exit.body
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn pids_name_the_exec(ctx: &mut Ctx) -> TestResult {
     let id = sleeper(ctx, "execps")?;
-    ctx.ctr_ok(&[
-        "tasks",
-        "exec",
-        "-d",
-        "--exec-id",
-        "bg1",
-        &id,
-        "sleep",
-        "1000",
-    ])?;
+    exec_detached(ctx, &id, "bg1", &["sleep", "1000"])?;
     let ps = eventually(Duration::from_secs(10), || {
         let ps = ctx.ctr_ok(&["tasks", "ps", &id])?;
         ensure!(ps.contains("bg1"), "tasks ps does not name bg1: {ps}");
@@ -110,22 +110,12 @@ pub fn pids_name_the_exec(ctx: &mut Ctx) -> TestResult {
         ps.lines().skip(1).count() == 2,
         "want init and one exec in tasks ps: {ps}"
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn duplicate_exec_id_is_refused(ctx: &mut Ctx) -> TestResult {
     let id = sleeper(ctx, "execdup")?;
-    ctx.ctr_ok(&[
-        "tasks",
-        "exec",
-        "-d",
-        "--exec-id",
-        "d1",
-        &id,
-        "sleep",
-        "1000",
-    ])?;
+    exec_detached(ctx, &id, "d1", &["sleep", "1000"])?;
     let dup = exec(ctx, &id, "d1", &["true"]);
     ensure!(!dup.status.success(), "a second exec d1 succeeded");
     ensure!(
@@ -139,8 +129,7 @@ pub fn duplicate_exec_id_is_refused(ctx: &mut Ctx) -> TestResult {
         "the shim stopped serving execs: {:?}",
         text(&other.stderr)
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn exec_after_init_exit_is_refused(ctx: &mut Ctx) -> TestResult {
@@ -153,8 +142,7 @@ pub fn exec_after_init_exit_is_refused(ctx: &mut Ctx) -> TestResult {
         "exec in a stopped container succeeded"
     );
     ctx.wait_status(&id, "STOPPED")?;
-    ctx.ctr_ok(&["tasks", "rm", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn exec_of_a_missing_binary_fails_clearly(ctx: &mut Ctx) -> TestResult {
@@ -172,8 +160,7 @@ pub fn exec_of_a_missing_binary_fails_clearly(ctx: &mut Ctx) -> TestResult {
         "exec after: {:?}",
         text(&ok.stderr)
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn exec_args_of_128kib_arrive_whole(ctx: &mut Ctx) -> TestResult {
@@ -189,8 +176,7 @@ pub fn exec_args_of_128kib_arrive_whole(ctx: &mut Ctx) -> TestResult {
         text(&out.stdout),
         text(&out.stderr)
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn fifty_concurrent_execs_keep_their_own_output(ctx: &mut Ctx) -> TestResult {
@@ -226,8 +212,7 @@ pub fn fifty_concurrent_execs_keep_their_own_output(ctx: &mut Ctx) -> TestResult
             text(&out.stderr)
         );
     }
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// With the host's pid namespace nothing dies with init: the shim kills what is left.
@@ -265,28 +250,18 @@ pub fn init_exit_kills_host_pid_children(ctx: &mut Ctx) -> TestResult {
         ensure!(!pid_alive(child), "host-pid child {child} outlived init");
         Ok(())
     })?;
-    ctx.ctr_ok(&["tasks", "rm", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// An exec that is still running when init dies dies with it, and its exit is reported before
 /// the init's task is deleted.
 pub fn exec_exits_come_before_the_init_delete(ctx: &mut Ctx) -> TestResult {
     let id = sleeper(ctx, "execfirst")?;
-    ctx.ctr_ok(&[
-        "tasks",
-        "exec",
-        "-d",
-        "--exec-id",
-        "bg",
-        &id,
-        "sleep",
-        "1000",
-    ])?;
+    exec_detached(ctx, &id, "bg", &["sleep", "1000"])?;
     let events = ctx.events()?;
     ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
     ctx.wait_status(&id, "STOPPED")?;
-    ctx.ctr_ok(&["tasks", "rm", &id])?;
+    ctx.remove(&id)?;
     let got = events.collect(&id, Duration::from_secs(10), |e| {
         e.iter().any(|e| e.topic == "/tasks/delete")
     });
@@ -328,8 +303,14 @@ pub fn exec_stdin_arrives_and_ends_with_close_io(ctx: &mut Ctx) -> TestResult {
     stdin
         .write_all(&[b'x'; 100_000])
         .map_err(|e| e.to_string())?;
-    // ctr drops an end of input that comes before the process has started.
-    std::thread::sleep(Duration::from_secs(1));
+    // ctr drops an end of input that comes before the process has started: end it once the
+    // exec is listed (it has read all but a pipe's worth by now, but may not have been
+    // announced started to ctr).
+    eventually(Duration::from_secs(10), || {
+        let ps = ctx.ctr_ok(&["tasks", "ps", &id])?;
+        ensure!(ps.contains("in1"), "exec in1 not listed: {ps}");
+        Ok(())
+    })?;
     drop(stdin);
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     ensure!(
@@ -339,8 +320,7 @@ pub fn exec_stdin_arrives_and_ends_with_close_io(ctx: &mut Ctx) -> TestResult {
         out.status,
         text(&out.stderr)
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// The open fds of a process, as numbers, from the host.
@@ -366,16 +346,7 @@ pub fn container_processes_get_only_their_stdio(ctx: &mut Ctx) -> TestResult {
         "init {init} holds fds {:?}",
         open_fds(init)?
     );
-    ctx.ctr_ok(&[
-        "tasks",
-        "exec",
-        "-d",
-        "--exec-id",
-        "fdexec",
-        &id,
-        "sleep",
-        "1000",
-    ])?;
+    exec_detached(ctx, &id, "fdexec", &["sleep", "1000"])?;
     let ps = eventually(Duration::from_secs(10), || {
         let ps = ctx.ctr_ok(&["tasks", "ps", &id])?;
         ensure!(
@@ -394,6 +365,5 @@ pub fn container_processes_get_only_their_stdio(ctx: &mut Ctx) -> TestResult {
         "exec {exec_pid} holds fds {:?}",
         open_fds(exec_pid)?
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }

@@ -2,10 +2,10 @@
 //! fails, fails after doing its work, or returns only once the container's process has exited
 //! and been reaped. Driven directly over ttrpc, so what is checked is the shim's answer.
 
+use crate::common::direct::shim_binary;
 use crate::common::direct::DirectShim;
 use crate::common::*;
 use crate::ensure;
-use crate::shim_binary;
 use shim::protos::shim::*;
 use shim::protos::task::Status as TaskStatus;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,8 @@ use std::time::Duration;
 
 /// runc, unless a line `COMMAND RULE` in `<wrapper>.rules` says otherwise: `fail`,
 /// `fail-after` (do the work, then fail), `after-exit` (start, then return only once the
-/// container's init is reaped) or `fail-after-exit`.
+/// container's init is reaped), `fail-after-exit`, or `hang` (never return; its pid is in
+/// `<wrapper>.hung`).
 const WRAPPER: &str = r#"#!/bin/sh
 rules="$0.rules"
 log=""
@@ -36,6 +37,7 @@ fail() {
 }
 case "$rule" in
   fail) fail ;;
+  hang) echo $$ > "$0.hung"; exec sleep 3600 ;;
   fail-after) runc $globals "$@" || exit $?; fail ;;
   after-exit|fail-after-exit)
     pid=$(runc $globals state "$last" | sed -n 's/.*"pid": *\([0-9]*\).*/\1/p' | head -n 1)
@@ -144,7 +146,7 @@ pub fn exits_racing_start_are_held_until_the_start_is_announced(ctx: &mut Ctx) -
     })?;
     for (n, chunk) in topics.chunks(4).enumerate() {
         ensure!(
-            crate::in_lifecycle_order(ctx, chunk),
+            crate::events::in_lifecycle_order(ctx, chunk),
             "events of task {n} were {chunk:?}"
         );
     }
@@ -391,12 +393,12 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     handles.into_iter().flatten().collect()
 }
 
-/// How long "containerd" stays away: well past the dozen tries (about 14 s) an event used to
-/// get here, and past the Go shim's six (1 + 2 + ... + 6 s of waits, plus its 5 s request
+/// How long "containerd" stays away: twice the dozen tries (about 14 s) an event used to get
+/// here, and past the Go shim's six (1 + 2 + ... + 6 s of waits, plus its 5 s request
 /// timeouts).
-const OUTAGE: Duration = Duration::from_secs(60);
+const OUTAGE: Duration = Duration::from_secs(30);
 
-/// containerd away for a minute (a restart, a hang) loses no event: the exit of a task that
+/// containerd away for half a minute (a restart, a hang) loses no event: the exit of a task that
 /// ended meanwhile reaches containerd once it is back, after the events before it.
 pub fn events_wait_out_a_containerd_outage(ctx: &mut Ctx) -> TestResult {
     let mut sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "outage", &["sleep", "1000"])?;
@@ -445,5 +447,368 @@ pub fn events_wait_out_a_containerd_outage(ctx: &mut Ctx) -> TestResult {
         Err(e) => return Err(e),
     }
     delete(&sh, "outage").map_err(|e| format!("Delete: {e}"))?;
+    sh.finish()
+}
+
+/// An ext4 image mounted on a loop device, which `fsfreeze` can stop taking writes: a hung
+/// filesystem on demand. Dropped, it is thawed, unmounted and removed.
+struct FreezableFs {
+    image: PathBuf,
+    dir: PathBuf,
+}
+
+impl FreezableFs {
+    fn new(scratch: &Path) -> Result<FreezableFs, String> {
+        let image = scratch.join("freezable.img");
+        let dir = scratch.join("freezable");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(16 << 20))
+            .map_err(|e| format!("{}: {e}", image.display()))?;
+        run_ok(
+            std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&image),
+        )?;
+        run_ok(
+            std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&image)
+                .arg(&dir),
+        )?;
+        Ok(FreezableFs { image, dir })
+    }
+
+    fn freeze(&self, frozen: bool) -> TestResult {
+        let flag = if frozen { "--freeze" } else { "--unfreeze" };
+        run_ok(
+            std::process::Command::new("fsfreeze")
+                .arg(flag)
+                .arg(&self.dir),
+        )
+        .map(drop)
+    }
+}
+
+impl Drop for FreezableFs {
+    fn drop(&mut self) {
+        let _ = self.freeze(false);
+        let _ = std::process::Command::new("umount").arg(&self.dir).output();
+        let _ = std::fs::remove_file(&self.image);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Threads of `pid` blocked in the kernel (state D), as a write to a frozen filesystem is.
+fn blocked_threads(pid: i32) -> usize {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        // The state follows the command name, which ends at the last ')'.
+        .filter(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| rest.starts_with('D'))
+        })
+        .count()
+}
+
+/// A `file://` log on a filesystem that stops taking writes (frozen with fsfreeze) stalls
+/// that container's output and nothing else: the shim still answers for another container,
+/// and once the filesystem thaws every byte reaches the log.
+pub fn a_stuck_log_file_stalls_nothing_else(ctx: &mut Ctx) -> TestResult {
+    const OUTPUT: usize = 1 << 20;
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "other", &["sleep", "1000"])?;
+    sh.create(&sh.create_request("other", None))?;
+    sh.start_task("other")?;
+    let fs = FreezableFs::new(&scratch(ctx)?)?;
+    let log = fs.dir.join("stuck.log");
+    let script = format!("head -c {OUTPUT} /dev/zero");
+    sh.bundle("stuck", &["sh", "-c", &script])?;
+    let mut create = sh.create_request("stuck", None);
+    // As containerd sends a log URI: the same for stdout and stderr.
+    create.stdout = format!("file://{}", log.display());
+    create.stderr = create.stdout.clone();
+    sh.create(&create)?;
+    let shim = sh.pid()?;
+    fs.freeze(true)?;
+    sh.start_task("stuck")?;
+    let blocked = eventually(Duration::from_secs(10), || {
+        ensure!(
+            blocked_threads(shim) > 0,
+            "no thread of the shim is blocked on the frozen log"
+        );
+        Ok(())
+    });
+    let state = StateRequest {
+        id: "other".into(),
+        ..Default::default()
+    };
+    let answered = sh.rt.block_on(async {
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            sh.client.state(DirectShim::ctx(), &state),
+        )
+        .await
+    });
+    fs.freeze(false)?;
+    blocked?;
+    let status_other = match answered {
+        Ok(Ok(s)) => s.status,
+        Ok(Err(e)) => return Err(format!("State of the other container: {e}")),
+        Err(_) => return Err("no answer for the other container while a log was stuck".into()),
+    };
+    let status = sh.wait_exit("stuck", Duration::from_secs(20))?.exit_status;
+    sh.delete_task("stuck")?;
+    sh.kill("other", "", 9)?;
+    sh.wait_exit("other", Duration::from_secs(20))?;
+    sh.delete_task("other")?;
+    sh.finish()?;
+    ensure!(
+        status_other.enum_value() == Ok(TaskStatus::RUNNING),
+        "the other container is {status_other:?}"
+    );
+    ensure!(status == 0, "the logging container exited {status}");
+    let logged = std::fs::metadata(&log).map_err(|e| e.to_string())?.len();
+    ensure!(
+        logged == OUTPUT as u64,
+        "the log got {logged} bytes, want {OUTPUT}"
+    );
+    Ok(())
+}
+
+/// The fds a shim inherits (containerd passes on whatever its own parent leaked to it) and
+/// the ones it opens reach no runc call: each gets its stdio and nothing more. Here the shim
+/// inherits a pipe without close-on-exec, and a runc wrapper lists what each call holds.
+pub fn runc_gets_no_fd_the_shim_holds(ctx: &mut Ctx) -> TestResult {
+    let dir = scratch(ctx)?;
+    let wrapper = dir.join("fd-listing-runc");
+    let listing = dir.join("fds.log");
+    let _ = std::fs::remove_file(&listing);
+    let script = format!(
+        "#!/bin/sh\n{}\nexec runc \"$@\"\n",
+        fd_lister(&listing, "$*")
+    );
+    std::fs::write(&wrapper, script).map_err(|e| e.to_string())?;
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&wrapper, mode).map_err(|e| e.to_string())?;
+    // A careless parent's leak: a pipe without close-on-exec, inherited by the shim.
+    let (leak_r, leak_w) = nix::unistd::pipe().map_err(|e| e.to_string())?;
+    let started = DirectShim::start(&shim_binary(ctx), &ctx.ns, "fdless", &["true"]);
+    drop((leak_r, leak_w));
+    let sh = started?;
+    let options = shim::protos::runc_options::Options {
+        binary_name: wrapper.to_string_lossy().into_owned(),
+        ..Default::default()
+    };
+    sh.create(&sh.create_request("fdless", Some(options)))?;
+    sh.start_task("fdless")?;
+    let status = sh.wait_exit("fdless", Duration::from_secs(20))?.exit_status;
+    sh.delete_task("fdless")?;
+    sh.finish()?;
+    ensure!(status == 0, "exit status {status}");
+    let text = std::fs::read_to_string(&listing).map_err(|e| e.to_string())?;
+    let mut calls = 0;
+    let mut extra = Vec::new();
+    for call in text.split("== ").filter(|c| !c.is_empty()) {
+        calls += 1;
+        let command = call.lines().next().unwrap_or_default();
+        for (fd, target) in fd_listing(call) {
+            if fd > 2 {
+                extra.push(format!("{command:?}: fd {fd} -> {target}"));
+            }
+        }
+    }
+    ensure!(calls >= 3, "the wrapper saw {calls} runc calls");
+    if ctx.runtime == GO_SHIM && !extra.is_empty() {
+        // Known difference: the Go shim passes on to runc the fds it inherited.
+        println!("    [{}] runc got: {extra:?}", ctx.runtime);
+        return Ok(());
+    }
+    ensure!(extra.is_empty(), "runc got more than its stdio: {extra:?}");
+    Ok(())
+}
+
+/// Every runc command the shim runs can fail: each request gets an error that carries runc's
+/// own message, the request can be made again once runc works, and the shim goes on serving
+/// its other container all along.
+pub fn each_runc_command_that_fails_is_a_clear_error(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "steady", &["sleep", "1000"])?;
+    sh.create(&sh.create_request("steady", None))?;
+    sh.start_task("steady")?;
+    let wrapper = Wrapper::new(&scratch(ctx)?)?;
+    sh.bundle("victim", &["sleep", "1000"])?;
+    let c = &sh.client;
+    // Runs `call` once with `command` failing in runc, then checks the error and that the
+    // other container is still served; then once more with runc working, when `again`.
+    let failing = |command: &str, call: &dyn Fn() -> ttrpc::Result<()>, again: bool| {
+        wrapper.rules(&[&format!("{command} fail")])?;
+        let failed = call();
+        wrapper.rules(&[])?;
+        let own = format!("injected {command} failure");
+        ensure!(
+            names(&failed, &own),
+            "with runc {command} failing: {failed:?}, want an error naming {own:?}"
+        );
+        state(&sh, "steady").map_err(|e| format!("after runc {command} failed: {e}"))?;
+        if again {
+            call().map_err(|e| format!("again after runc {command} failed: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    let create = wrapper.create(&sh, "victim");
+    failing(
+        "create",
+        &|| {
+            sh.rt
+                .block_on(c.create(DirectShim::ctx(), &create))
+                .map(drop)
+        },
+        true,
+    )?;
+    let started = start(&sh, "victim");
+    started.map_err(|e| format!("Start: {e}"))?;
+    let mut spec = protobuf::well_known_types::any::Any::new();
+    spec.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".into();
+    spec.value = br#"{"args":["true"],"cwd":"/","user":{"uid":0,"gid":0}}"#.to_vec();
+    let exec = ExecProcessRequest {
+        id: "victim".into(),
+        exec_id: "x".into(),
+        spec: protobuf::MessageField::some(spec),
+        ..Default::default()
+    };
+    sh.rt
+        .block_on(c.exec(DirectShim::ctx(), &exec))
+        .map_err(|e| format!("Exec: {e}"))?;
+    failing(
+        "exec",
+        &|| {
+            let r = StartRequest {
+                id: "victim".into(),
+                exec_id: "x".into(),
+                ..Default::default()
+            };
+            sh.rt.block_on(c.start(DirectShim::ctx(), &r)).map(drop)
+        },
+        false,
+    )?;
+    sh.delete_process("victim", "x")?;
+    let pause: PauseRequest = req_id(|r: &mut PauseRequest| r.id = "victim".into());
+    let resume: ResumeRequest = req_id(|r: &mut ResumeRequest| r.id = "victim".into());
+    failing(
+        "pause",
+        &|| sh.rt.block_on(c.pause(DirectShim::ctx(), &pause)).map(drop),
+        true,
+    )?;
+    failing(
+        "resume",
+        &|| {
+            sh.rt
+                .block_on(c.resume(DirectShim::ctx(), &resume))
+                .map(drop)
+        },
+        true,
+    )?;
+    let mut resources = protobuf::well_known_types::any::Any::new();
+    resources.type_url = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into();
+    resources.value = br#"{"pids":{"limit":100}}"#.to_vec();
+    let update = UpdateTaskRequest {
+        id: "victim".into(),
+        resources: protobuf::MessageField::some(resources),
+        ..Default::default()
+    };
+    failing(
+        "update",
+        &|| {
+            sh.rt
+                .block_on(c.update(DirectShim::ctx(), &update))
+                .map(drop)
+        },
+        true,
+    )?;
+    let pids: PidsRequest = req_id(|r: &mut PidsRequest| r.id = "victim".into());
+    failing(
+        "ps",
+        &|| sh.rt.block_on(c.pids(DirectShim::ctx(), &pids)).map(drop),
+        true,
+    )?;
+    let kill: KillRequest = req_id(|r: &mut KillRequest| {
+        r.id = "victim".into();
+        r.signal = 9;
+    });
+    failing(
+        "kill",
+        &|| sh.rt.block_on(c.kill(DirectShim::ctx(), &kill)).map(drop),
+        true,
+    )?;
+    wait(&sh, "victim")?;
+    failing("delete", &|| delete(&sh, "victim").map(drop), true)?;
+    sh.kill("steady", "", 9)?;
+    wait(&sh, "steady")?;
+    sh.delete_task("steady")?;
+    sh.finish()
+}
+
+/// A runc that hangs on one container (a stuck `runc pause`) holds up that request alone:
+/// the shim answers for its other container meanwhile, and the hung request fails once that
+/// runc is gone.
+pub fn a_hung_runc_stalls_only_its_own_request(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "steady", &["sleep", "1000"])?;
+    sh.create(&sh.create_request("steady", None))?;
+    sh.start_task("steady")?;
+    let wrapper = Wrapper::new(&scratch(ctx)?)?;
+    sh.bundle("stuck", &["sleep", "1000"])?;
+    sh.create(&wrapper.create(&sh, "stuck"))?;
+    sh.start_task("stuck")?;
+    let hung = wrapper.path.with_extension("hung");
+    let _ = std::fs::remove_file(&hung);
+    wrapper.rules(&["pause hang"])?;
+    let pause: PauseRequest = req_id(|r: &mut PauseRequest| r.id = "stuck".into());
+    let pids: PidsRequest = req_id(|r: &mut PidsRequest| r.id = "steady".into());
+    let state_req: StateRequest = req_id(|r: &mut StateRequest| r.id = "steady".into());
+    let c = &sh.client;
+    let (paused, meanwhile) = sh.rt.block_on(async {
+        let paused = c.pause(DirectShim::ctx(), &pause);
+        let meanwhile = async {
+            // Once runc pause is running (its pid written), ask about the other container.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !hung.exists() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let asked = async {
+                let state = c.state(DirectShim::ctx(), &state_req).await?;
+                let listed = c.pids(DirectShim::ctx(), &pids).await?;
+                Ok::<_, ttrpc::Error>((state.status, listed.processes.len()))
+            };
+            let answer = tokio::time::timeout(Duration::from_secs(5), asked).await;
+            // Then the stuck runc goes, and the Pause with it.
+            if let Some(pid) = std::fs::read_to_string(&hung)
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            answer
+        };
+        tokio::join!(paused, meanwhile)
+    });
+    wrapper.rules(&[])?;
+    ensure!(hung.exists(), "runc pause never ran");
+    let (status, processes) = match meanwhile {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(e)) => return Err(format!("the other container, while runc hung: {e}")),
+        Err(_) => return Err("no answer for the other container while runc hung".into()),
+    };
+    ensure!(
+        status.enum_value() == Ok(TaskStatus::RUNNING) && processes == 1,
+        "the other container while runc hung: {status:?}, {processes} processes"
+    );
+    ensure!(paused.is_err(), "the Pause of a killed runc succeeded");
+    for id in ["stuck", "steady"] {
+        sh.kill(id, "", 9)?;
+        wait(&sh, id)?;
+        sh.delete_task(id)?;
+    }
     sh.finish()
 }

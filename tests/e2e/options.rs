@@ -1,10 +1,10 @@
 //! Runtime options that change how the shim runs its runtime: another binary (a wrapper that
 //! logs its calls, and crun), and the systemd cgroup driver where systemd does not run.
 
+use crate::common::direct::shim_binary;
 use crate::common::direct::DirectShim;
 use crate::common::*;
 use crate::ensure;
-use crate::shim_binary;
 use shim::protos::runc_options::Options;
 use shim::protos::shim::*;
 use std::os::unix::fs::OpenOptionsExt;

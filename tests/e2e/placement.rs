@@ -1,10 +1,10 @@
 //! Where a shim sits on the machine and what it serves: its OOM score and open-files limit,
 //! the cgroup the runtime options put it in, and one shim for a group of containers.
 
+use crate::common::direct::shim_binary;
 use crate::common::direct::DirectShim;
 use crate::common::*;
 use crate::ensure;
-use crate::shim_binary;
 use protobuf::Message;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -66,8 +66,7 @@ pub fn the_shim_sits_above_containerd_and_may_open_many_files(ctx: &mut Ctx) -> 
         raised && (soft == shim_hard || ctx.runtime == GO_SHIM),
         "shim open files soft limit {soft}, hard {shim_hard}: not raised from containerd's 1024"
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// v1 cgroups made for a test in the hierarchies a shim joins, removed on drop (once the
@@ -233,5 +232,18 @@ pub fn a_group_of_three_containers_shares_one_shim(ctx: &mut Ctx) -> TestResult 
             "shim {left:?} still runs after its last task"
         );
         Ok(())
-    })
+    })?;
+    for id in &ids {
+        ctx.ctr_ok(&["containers", "rm", id])?;
+    }
+    let address = ctx.daemon.address.to_string_lossy().into_owned();
+    let socket = shim::bootstrap::socket_address(&address, &ctx.ns, &group);
+    let socket = shim::bootstrap::socket_path(&socket);
+    if ctx.runtime == GO_SHIM && socket.exists() {
+        // Known difference: containerd 2.1's Go shim, leaving after its group's last task,
+        // now and then leaves its socket behind (seen once in this suite).
+        println!("    [{}] left the group's socket behind", ctx.runtime);
+        let _ = std::fs::remove_file(socket);
+    }
+    Ok(())
 }

@@ -1,10 +1,10 @@
 //! The rest of the Task API through containerd and the shim's own socket: pause and resume,
 //! update, checkpoint (which CRIU cannot do on this kernel), stats and OOM.
 
+use crate::common::direct::shim_binary;
 use crate::common::direct::{task_api_of, DirectShim};
 use crate::common::*;
 use crate::ensure;
-use crate::shim_binary;
 use shim::protos::shim::{
     CheckpointTaskRequest, CreateTaskRequest, DeleteRequest, PauseRequest, StartRequest,
     StateRequest, UpdateTaskRequest,
@@ -124,8 +124,7 @@ pub fn pause_freezes_and_resume_thaws(ctx: &mut Ctx) -> TestResult {
     ensure!(topics == want, "events {topics:?}, want {want:?}");
     let exit = got.iter().find(|e| init_exit(e)).ok_or("no exit event")?;
     ensure!(exit.u64("exit_status") == 137, "exit event {:?}", exit.body);
-    ctx.ctr_ok(&["tasks", "rm", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// Update through the shim's socket (no ctr of ours has `tasks update`) sets the container's
@@ -184,8 +183,7 @@ pub fn update_sets_the_cgroup_limits(ctx: &mut Ctx) -> TestResult {
         state.as_deref() == Some("RUNNING"),
         "task after updates: {state:?}"
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// CRIU cannot dump on this kernel: the checkpoint fails with CRIU named as the cause, the
@@ -244,8 +242,7 @@ pub fn checkpoint_without_a_working_criu_fails_clearly(ctx: &mut Ctx) -> TestRes
     );
     ctx.ctr_ok(&["tasks", "resume", &id])?;
     ctx.wait_status(&id, "RUNNING")?;
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// A Create from a checkpoint image waits for Start to run `runc restore`, which fails here
@@ -336,8 +333,7 @@ pub fn metrics_show_the_containers_memory_and_cpu(ctx: &mut Ctx) -> TestResult {
         table.contains("memory.usage_in_bytes") && table.contains("pids.current"),
         "metrics table: {table}"
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 /// A container limited to 16 MiB that takes more is OOM-killed: `/tasks/oom` comes before the

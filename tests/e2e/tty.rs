@@ -61,8 +61,7 @@ pub fn tty_exec_follows_a_resize(ctx: &mut Ctx) -> TestResult {
     let text = pty.text();
     ensure!(status.success(), "exec -t ended with {status}: {text:?}");
     ensure!(text.contains("final 50 100"), "after the resize: {text:?}");
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
 
 pub fn tty_exec_32mib_arrives_whole(ctx: &mut Ctx) -> TestResult {
@@ -86,8 +85,7 @@ pub fn tty_exec_32mib_arrives_whole(ctx: &mut Ctx) -> TestResult {
     let mut pty = Pty::spawn(&mut ctx.ctr_unbounded(&args), 24, 80)?;
     let status = pty.wait(Duration::from_secs(120))?;
     ensure!(status.success(), "exec -t ended with {status}");
-    // The reader thread may still be taking the last bytes the client wrote.
-    std::thread::sleep(Duration::from_millis(300));
+    pty.drained(Duration::from_secs(10))?;
     // Each terminal on the way may turn a newline into CR LF: base64 has no CR of its own.
     let text = pty.text().replace('\r', "");
     let (digest_line, data) = text.split_once('\n').ok_or("no output")?;
@@ -103,6 +101,5 @@ pub fn tty_exec_32mib_arrives_whole(ctx: &mut Ctx) -> TestResult {
         "the {} bytes that arrived differ from what the container wrote",
         data.len()
     );
-    ctx.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id])?;
-    Ok(())
+    ctx.remove(&id)
 }
