@@ -246,7 +246,12 @@ pub fn bundle_dir(flags: &Flags) -> io::Result<PathBuf> {
 /// shim's leftover) is ever removed.
 fn bind(path: &Path) -> io::Result<Option<UnixListener>> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        // A directory the shim makes only root may enter; one that exists is left as it is.
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
     }
     for _ in 0..2 {
         match bind_private(path) {
@@ -404,6 +409,8 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "the socket directory the shim made");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

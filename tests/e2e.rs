@@ -71,6 +71,7 @@ const TESTS: &[(&str, Test)] = tests![
     task_survives_containerd_restart,
     killed_shim_is_cleaned_up,
     killed_shim_with_execs_and_a_tty_is_cleaned_up,
+    the_shims_socket_is_root_only,
     bad_requests_get_clear_errors,
     absurd_container_ids_are_refused_and_make_nothing,
     exits_racing_start_are_never_lost,

@@ -81,6 +81,13 @@ pub fn a_23_bootstrap_with_options_and_a_socket_dir_serves_v3(ctx: &mut Ctx) -> 
         sh.socket().display(),
         socket_dir.0.display()
     );
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(&socket_dir.0).map_err(|e| e.to_string())?;
+    ensure!(
+        made.mode() & 0o777 == 0o700,
+        "the socket_dir the shim made has mode {:o}, want 700",
+        made.mode() & 0o777
+    );
     let (c, cx) = (&sh.client, DirectShim::ctx);
     sh.rt
         .block_on(c.create(cx(), &sh.create_request("boot", None)))

@@ -172,6 +172,36 @@ pub fn killed_shim_with_execs_and_a_tty_is_cleaned_up(ctx: &mut Ctx) -> TestResu
     cleaned_up_after_the_dead_shim(ctx, &id)
 }
 
+/// Only root may talk to a shim: its socket is root's and 0600, in a directory nobody else
+/// may write to (so nobody can put a socket of their own in its place).
+pub fn the_shims_socket_is_root_only(ctx: &mut Ctx) -> TestResult {
+    use std::os::unix::fs::MetadataExt;
+    let id = ctx.id("private");
+    ctx.ctr_ok(&ctx.run_args(&["-d", "--null-io"], &id, &["sleep", "1000"]))?;
+    ctx.listed_pid(&id)?;
+    let address = ctx.daemon.address.to_string_lossy().into_owned();
+    let socket = shim::bootstrap::socket_address(&address, &ctx.ns, &id);
+    let socket = shim::bootstrap::socket_path(&socket).to_path_buf();
+    let meta = std::fs::metadata(&socket).map_err(|e| format!("{}: {e}", socket.display()))?;
+    ensure!(
+        meta.mode() & 0o777 == 0o600 && meta.uid() == 0,
+        "socket {} has mode {:o}, owner {}",
+        socket.display(),
+        meta.mode() & 0o777,
+        meta.uid()
+    );
+    let dir = socket.parent().ok_or("socket without a directory")?;
+    let meta = std::fs::metadata(dir).map_err(|e| e.to_string())?;
+    ensure!(
+        meta.mode() & 0o022 == 0 && meta.uid() == 0,
+        "socket directory {} has mode {:o}, owner {}",
+        dir.display(),
+        meta.mode() & 0o777,
+        meta.uid()
+    );
+    ctx.remove(&id)
+}
+
 /// containerd 2.x runs `<shim> -info` for `ctr plugins inspect-runtime` and CRI's checks.
 pub fn inspect_runtime_reports_the_shim(ctx: &mut Ctx) -> TestResult {
     let out = ctx.ctr_ok(&["plugins", "inspect-runtime", "--runtime", ctx.runtime])?;
