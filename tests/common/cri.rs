@@ -38,6 +38,8 @@ impl Drop for Daemon {
         }
         unmount_under(&self.base);
         let _ = fs::remove_dir_all(&self.base);
+        // runc makes CRI's namespace directory and never removes it; empty, it is ours to go.
+        let _ = fs::remove_dir(Path::new(super::RUNC_ROOT).join("k8s.io"));
     }
 }
 
