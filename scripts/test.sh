@@ -14,7 +14,7 @@ trap 'rm -f "$log"' EXIT
 status=0
 # The tests build with the light `ci` profile (Cargo.toml); the shim they run is the release
 # binary install.sh has just built, the one users install.
-export SHIM_UNDER_TEST=$PWD/target/release/containerd-shim-rust-v1
+export SHIM_UNDER_TEST=/usr/local/bin/containerd-shim-rust-v1
 cargo test --profile ci --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log" || status=$?
 # cargo's lines: "test result: ok. N passed; M failed; ..."; the e2e runner's:
 # "e2e: N passed, M failed, K skipped".

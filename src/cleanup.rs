@@ -1,8 +1,9 @@
 //! `delete`: containerd's call after a shim died or its start failed. Force-deletes the runc
-//! container, unmounts the rootfs and reports the task as killed.
+//! container (unless the shim's own Delete already removed it), unmounts the rootfs and
+//! reports the task as killed.
 
 use crate::cli::Flags;
-use crate::container::{read_options, read_pid, INIT_PID_FILE};
+use crate::container::{read_options, read_pid, INIT_PID_FILE, RUNC_DELETED_FILE};
 use crate::protos::shim::DeleteResponse;
 use protobuf::{Message, MessageField};
 use std::path::Path;
@@ -15,9 +16,11 @@ pub fn run(flags: &Flags) -> Result<Vec<u8>, String> {
     let bundle = crate::bootstrap::bundle_dir(flags).map_err(|e| e.to_string())?;
     let options = read_options(&bundle);
     let root = Path::new(options.root()).join(&flags.namespace);
-    match crate::runc::find_binary(options.binary()) {
-        Ok(runc) => force_delete(&runc, &root, &bundle, &flags.id),
-        Err(e) => eprintln!("{e}"),
+    if !bundle.join(RUNC_DELETED_FILE).exists() {
+        match crate::runc::find_binary(options.binary()) {
+            Ok(runc) => force_delete(&runc, &root, &bundle, &flags.id),
+            Err(e) => eprintln!("{e}"),
+        }
     }
     if let Err(e) = crate::mount::unmount_all(&bundle.join("rootfs")) {
         eprintln!("failed to unmount rootfs: {e}");

@@ -213,5 +213,12 @@ fn delete_uses_the_saved_runc_and_keeps_a_live_socket() {
     let out = delete();
     assert!(out.status.success());
     assert!(!socket.exists(), "a dead shim's socket was kept");
+    // After the shim's own Delete removed the runc container, runc is not run again.
+    std::fs::remove_file(&calls).unwrap();
+    std::fs::write(bundle.join(shim::container::RUNC_DELETED_FILE), b"").unwrap();
+    let out = delete();
+    assert!(out.status.success());
+    let called = std::fs::read_to_string(&calls).unwrap_or_default();
+    assert!(called.is_empty(), "runc was called again as {called:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,6 +10,7 @@ use std::path::Path;
 /// that goes away does not end the container's input.
 pub fn open_stdin(path: &Path) -> Result<(OwnedFd, OwnedFd)> {
     let reader = open_fifo(path, OFlag::O_RDONLY)?;
+    super::widen(&reader);
     let holder = open_fifo(path, OFlag::O_WRONLY)?;
     Ok((reader, holder))
 }
@@ -17,7 +18,9 @@ pub fn open_stdin(path: &Path) -> Result<(OwnedFd, OwnedFd)> {
 /// A stdout/stderr FIFO opened for reading and writing: opening never waits for a consumer, and
 /// a consumer that leaves and comes back loses nothing, while the container gets no SIGPIPE.
 pub fn open_output(path: &Path) -> Result<OwnedFd> {
-    open_fifo(path, OFlag::O_RDWR)
+    let fd = open_fifo(path, OFlag::O_RDWR)?;
+    super::widen(&fd);
+    Ok(fd)
 }
 
 fn open_fifo(path: &Path, access: OFlag) -> Result<OwnedFd> {
