@@ -114,7 +114,42 @@ fn task_services(
     for (name, service) in create_task(task) {
         services.insert(name.replace(".task.v2.", ".task.v3."), service);
     }
+    for service in services.values_mut() {
+        let methods = std::mem::take(&mut service.methods);
+        service.methods = methods
+            .into_iter()
+            .map(|(name, method)| (name, Box::new(Decoded(method)) as Box<_>))
+            .collect();
+    }
     services
+}
+
+/// What ttrpc-rust's generated handlers return for a payload that is not their request
+/// message; they answer it with UNKNOWN.
+const UNDECODABLE: &str = "Unpack request error";
+
+/// A method whose undecodable requests are InvalidArgument, as every other malformed request
+/// is: the client sent bytes that are no request, nothing failed in the shim.
+struct Decoded(Box<dyn ttrpc::r#async::MethodHandler + Send + Sync>);
+
+#[async_trait::async_trait]
+impl ttrpc::r#async::MethodHandler for Decoded {
+    async fn handler(
+        &self,
+        ctx: ttrpc::r#async::TtrpcContext,
+        req: ttrpc::Request,
+    ) -> ttrpc::Result<ttrpc::Response> {
+        match self.0.handler(ctx, req).await {
+            Err(ttrpc::Error::Others(message)) if message.starts_with(UNDECODABLE) => {
+                // An error from a handler would reach the client as UNKNOWN: the status goes
+                // in the response, as the handlers' own do.
+                let mut response = ttrpc::Response::new();
+                response.set_status(ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, message));
+                Ok(response)
+            }
+            other => other,
+        }
+    }
 }
 
 async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Result<(), String> {

@@ -22,8 +22,12 @@ mod events;
 mod exec;
 #[path = "e2e/faults.rs"]
 mod faults;
+#[path = "e2e/hostile.rs"]
+mod hostile;
 #[path = "e2e/lifecycle.rs"]
 mod lifecycle;
+#[path = "e2e/load.rs"]
+mod load;
 #[path = "e2e/logs.rs"]
 mod logs;
 #[path = "e2e/options.rs"]
@@ -47,7 +51,9 @@ use errors::*;
 use events::*;
 use exec::*;
 use faults::*;
+use hostile::*;
 use lifecycle::*;
+use load::*;
 use logs::*;
 use options::*;
 use placement::*;
@@ -74,6 +80,7 @@ const TESTS: &[(&str, Test)] = tests![
     the_shims_socket_is_root_only,
     bad_requests_get_clear_errors,
     absurd_container_ids_are_refused_and_make_nothing,
+    hostile_frames_get_the_right_errors_and_change_nothing,
     exits_racing_start_are_never_lost,
     inspect_runtime_reports_the_shim,
     start_options_are_the_default_for_create,
@@ -103,6 +110,7 @@ const TESTS: &[(&str, Test)] = tests![
     a_terminal_can_log_to_a_program,
     requests_cut_off_by_their_deadline_still_finish,
     a_thousand_execs_leak_nothing,
+    a_pod_shim_under_load_loses_no_exit_and_holds_nothing_after,
     waits_on_an_exec_that_never_runs_return,
     one_shim_serves_a_group_until_its_last_task_is_gone,
     malformed_start_options_are_logged_and_ignored,
@@ -250,6 +258,15 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         "events_wait_out_a_containerd_outage" if line != "1.6" => Some(
             "drives the shim directly, with a minute of outage: run once, on the 1.6 line".into(),
         ),
+        "a_pod_shim_under_load_loses_no_exit_and_holds_nothing_after"
+            if line != "1.6" && line != "2.1" =>
+        {
+            Some(
+                "drives the shim directly, without containerd: run on the 1.6 and 2.1 lines, \
+                 whose Go shims differ most"
+                    .into(),
+            )
+        }
         "a_thousand_execs_leak_nothing" if line != "1.6" => {
             Some("drives the shim directly, without containerd: run once, on the 1.6 line".into())
         }

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// A Task API client for either wire name of the service: containerd.task.v2.Task, or
 /// containerd.task.v3.Task (containerd 2.x; same messages), as the shim's bootstrap says.
+/// Clones share one connection.
+#[derive(Clone)]
 pub struct TaskApi {
     client: ttrpc::r#async::Client,
     service: String,
