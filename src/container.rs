@@ -72,6 +72,9 @@ struct Exec {
 pub struct CreateRequest<'a> {
     pub id: &'a str,
     pub bundle: &'a Path,
+    /// The directory that holds this shim's task bundles (see `check_bundle`); None when the
+    /// shim could not tell, and then any bundle is taken.
+    pub bundles: Option<&'a Path>,
     pub namespace: &'a str,
     pub rootfs: &'a [Mount],
     pub stdio: StdioPaths,
@@ -87,7 +90,14 @@ impl Container {
     /// is left behind.
     pub async fn create(req: CreateRequest<'_>, reaper: Arc<Reaper>) -> Result<Container> {
         let bundle = req.bundle.to_path_buf();
-        let spec = blocking(move || read_spec(&bundle)).await?;
+        let (id, bundles) = (req.id.to_string(), req.bundles.map(Path::to_path_buf));
+        let spec = blocking(move || {
+            if let Some(bundles) = &bundles {
+                check_bundle(&id, &bundle, bundles)?;
+            }
+            read_spec(&bundle)
+        })
+        .await?;
         let mut runc = Runc::new(
             req.options.binary(),
             Path::new(req.options.root()).join(req.namespace),
@@ -679,6 +689,25 @@ async fn blocking<T: Send + 'static>(
 
 /// Exits are handed to a process with the reaper's mark of when it was spawned; see exits.rs.
 pub type Owner = (Arc<Container>, Arc<Process>);
+
+/// A task's bundle must be the directory named by its id beside the shim's own: containerd
+/// makes each task's bundle so, one directory per namespace, and starts the shim in the first.
+/// Anything else is refused before the shim mounts, writes or runs anything there, so that a
+/// second client on the socket cannot make the shim act on another path. A bundle that does
+/// not resolve is left to `read_spec` to refuse.
+fn check_bundle(id: &str, bundle: &Path, bundles: &Path) -> Result<()> {
+    let Ok(resolved) = bundle.canonicalize() else {
+        return Ok(());
+    };
+    if resolved.parent() == Some(bundles) && resolved.file_name() == Some(id.as_ref()) {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "bundle {} is not task {id:?}'s: this shim's task bundles are {}/<id>",
+        bundle.display(),
+        bundles.display()
+    )))
+}
 
 fn read_spec(bundle: &Path) -> Result<oci_spec::runtime::Spec> {
     if !bundle.is_absolute() {

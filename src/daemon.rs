@@ -173,12 +173,20 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
     let (reaper, mut exits) = Reaper::new();
     let publisher = Publisher::start(std::env::var("TTRPC_ADDRESS").ok(), &flags.namespace);
     let shutdown = Arc::new(Notify::new());
+    // `start` runs the daemon in the first task's bundle; every task's bundle sits beside it.
+    let bundles = std::env::current_dir()
+        .ok()
+        .and_then(|dir| Some(dir.parent()?.to_path_buf()));
+    if bundles.is_none() {
+        log::warn!("no bundle directory: Create takes a bundle anywhere");
+    }
     let service = Service::new(
         &flags.namespace,
         reaper.clone(),
         publisher.clone(),
         default_options,
         shutdown.clone(),
+        bundles,
     );
 
     tokio::spawn(async move {

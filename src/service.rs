@@ -26,7 +26,7 @@ use protobuf::well_known_types::empty::Empty;
 use protobuf::MessageField;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 use tokio::sync::Notify;
@@ -47,6 +47,8 @@ pub struct Service {
     /// the same id fails at once, and Shutdown does not take the shim down under a Create.
     creating: Mutex<HashSet<String>>,
     shutdown: Arc<Notify>,
+    /// Where containerd keeps this shim's task bundles: the parent of the one it started in.
+    bundles: Option<PathBuf>,
 }
 
 impl Service {
@@ -56,8 +58,10 @@ impl Service {
         publisher: Publisher,
         default_options: RuntimeOptions,
         shutdown: Arc<Notify>,
+        bundles: Option<PathBuf>,
     ) -> Arc<Service> {
         Arc::new(Service {
+            bundles,
             namespace: namespace.to_string(),
             reaper,
             table: ProcessTable::default(),
@@ -170,6 +174,7 @@ impl Service {
         let create = CreateRequest {
             id: &req.id,
             bundle: Path::new(&req.bundle),
+            bundles: self.bundles.as_deref(),
             namespace: &self.namespace,
             rootfs: &req.rootfs,
             stdio,

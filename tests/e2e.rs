@@ -80,6 +80,7 @@ const TESTS: &[(&str, Test)] = tests![
     the_shims_socket_is_root_only,
     bad_requests_get_clear_errors,
     absurd_container_ids_are_refused_and_make_nothing,
+    a_second_client_cannot_make_the_shim_act_outside_its_bundles,
     hostile_frames_get_the_right_errors_and_change_nothing,
     exits_racing_start_are_never_lost,
     inspect_runtime_reports_the_shim,

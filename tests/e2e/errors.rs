@@ -395,3 +395,97 @@ fn state(sh: &DirectShim, id: &str) -> Result<(), String> {
         Err(e) => Err(e.to_string()),
     }
 }
+
+/// Everything under `dir`, as relative paths, sorted.
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(path.clone());
+            }
+            found.push(
+                path.strip_prefix(dir)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string(),
+            );
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A second client on the shim's socket names bundles that are not the task's own: one
+/// outside the directory of the shim's bundles, and a sibling named for another task. Each
+/// Create is refused as InvalidArgument before anything is done there: no mount, no file, no
+/// runc container; and the shim goes on serving its own bundles.
+pub fn a_second_client_cannot_make_the_shim_act_outside_its_bundles(ctx: &mut Ctx) -> TestResult {
+    let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "home", &["sleep", "1000"])?;
+    let outside = ctx.daemon.base.join(format!("outside-{}", ctx.ns));
+    let _ = std::fs::remove_dir_all(&outside);
+    std::fs::create_dir_all(&outside).map_err(|e| e.to_string())?;
+    let stray = make_bundle(&outside, "stray", &["sleep", "1000"])?;
+    let sibling = sh.bundle("other", &["sleep", "1000"])?;
+    let runc_root = std::path::Path::new(RUNC_ROOT).join(&ctx.ns);
+    for (what, id, bundle) in [
+        (
+            "a bundle outside the shim's bundle directory",
+            "stray",
+            &stray,
+        ),
+        ("the bundle of another task", "notother", &sibling),
+    ] {
+        let before = tree(bundle);
+        let mut create = create_request(id, bundle);
+        // A bind mount onto the bundle's rootfs: what the shim would do there first.
+        create.rootfs.push(shim::protos::mount::Mount {
+            type_: "bind".into(),
+            source: bundle.join("rootfs").to_string_lossy().into_owned(),
+            options: vec!["rbind".into(), "ro".into()],
+            ..Default::default()
+        });
+        let r = sh.rt.block_on(sh.client.create(DirectShim::ctx(), &create));
+        if r.is_ok() && ctx.runtime != OURS {
+            // Known difference: the Go shim takes a bundle anywhere; undo what it made.
+            println!("    [{}] Create with {what}: accepted", ctx.runtime);
+            let _ = sh.kill(id, "", 9);
+            let _ = sh.wait_exit(id, Duration::from_secs(10));
+            sh.delete_task(id)?;
+            continue;
+        }
+        expect_err(
+            ctx,
+            &format!("Create with {what}"),
+            r,
+            ttrpc::Code::INVALID_ARGUMENT,
+            false,
+            "bundle",
+        )?;
+        let mounted = mounts_under(bundle);
+        ensure!(mounted.is_empty(), "{what}: mounted {mounted:?}");
+        let after = tree(bundle);
+        ensure!(
+            after == before,
+            "{what}: the shim wrote there: {:?}",
+            after
+                .iter()
+                .filter(|p| !before.contains(p))
+                .collect::<Vec<_>>()
+        );
+        ensure!(
+            !runc_root.join(id).exists(),
+            "{what}: runc has a container {id}"
+        );
+    }
+    // Its own bundles it still takes.
+    sh.create(&sh.create_request("home", None))?;
+    sh.start_task("home")?;
+    sh.kill("home", "", 9)?;
+    sh.wait_exit("home", Duration::from_secs(10))?;
+    sh.delete_task("home")?;
+    let _ = std::fs::remove_dir_all(&outside);
+    sh.finish()
+}
