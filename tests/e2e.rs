@@ -80,7 +80,7 @@ const TESTS: &[(&str, Test)] = tests![
     the_shims_socket_is_root_only,
     bad_requests_get_clear_errors,
     absurd_container_ids_are_refused_and_make_nothing,
-    a_second_client_cannot_make_the_shim_act_outside_its_bundles,
+    a_second_client_cannot_use_bundles_elsewhere,
     hostile_frames_get_the_right_errors_and_change_nothing,
     exits_racing_start_are_never_lost,
     inspect_runtime_reports_the_shim,
@@ -111,7 +111,7 @@ const TESTS: &[(&str, Test)] = tests![
     a_terminal_can_log_to_a_program,
     requests_cut_off_by_their_deadline_still_finish,
     a_thousand_execs_leak_nothing,
-    a_pod_shim_under_load_loses_no_exit_and_holds_nothing_after,
+    a_pod_shim_under_load_loses_no_exit_and_leaks_nothing,
     waits_on_an_exec_that_never_runs_return,
     one_shim_serves_a_group_until_its_last_task_is_gone,
     malformed_start_options_are_logged_and_ignored,
@@ -259,7 +259,7 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         "events_wait_out_a_containerd_outage" if line != "1.6" => Some(
             "drives the shim directly, with a minute of outage: run once, on the 1.6 line".into(),
         ),
-        "a_pod_shim_under_load_loses_no_exit_and_holds_nothing_after"
+        "a_pod_shim_under_load_loses_no_exit_and_leaks_nothing"
             if line != "1.6" && line != "2.1" =>
         {
             Some(

@@ -675,12 +675,11 @@ impl<'a> Ctx<'a> {
     ) -> Result<Ctx<'a>, String> {
         let short = if runtime == OURS { "rust" } else { "go" };
         // The run's pid keeps a run clear of what a killed earlier run left in runc's root.
-        let ns = format!(
-            "{}-{short}-{}-{}",
-            test.replace('_', "-"),
-            daemon.line.tag(),
-            std::process::id()
-        );
+        let suffix = format!("-{short}-{}-{}", daemon.line.tag(), std::process::id());
+        // containerd's identifier rule allows 76 characters: a long test name is cut.
+        let name = test.replace('_', "-");
+        let name = &name[..name.len().min(76usize.saturating_sub(suffix.len()))];
+        let ns = format!("{}{suffix}", name.trim_end_matches('-'));
         daemon.import_image(&ns)?;
         Ok(Ctx {
             daemon,

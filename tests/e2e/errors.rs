@@ -422,7 +422,7 @@ fn tree(dir: &std::path::Path) -> Vec<String> {
 /// outside the directory of the shim's bundles, and a sibling named for another task. Each
 /// Create is refused as InvalidArgument before anything is done there: no mount, no file, no
 /// runc container; and the shim goes on serving its own bundles.
-pub fn a_second_client_cannot_make_the_shim_act_outside_its_bundles(ctx: &mut Ctx) -> TestResult {
+pub fn a_second_client_cannot_use_bundles_elsewhere(ctx: &mut Ctx) -> TestResult {
     let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "home", &["sleep", "1000"])?;
     let outside = ctx.daemon.base.join(format!("outside-{}", ctx.ns));
     let _ = std::fs::remove_dir_all(&outside);

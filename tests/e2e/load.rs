@@ -136,7 +136,7 @@ fn create_and_start_one(sh: &DirectShim, id: &str) -> Result<(), String> {
 /// them, 50 at a time: every exit reaches its waiter, the shim's descriptors after each exec
 /// wave are those after the first, its RSS stays within an allocator's slack of it, and once
 /// every container is gone the shim holds what it held with one.
-pub fn a_pod_shim_under_load_loses_no_exit_and_holds_nothing_after(ctx: &mut Ctx) -> TestResult {
+pub fn a_pod_shim_under_load_loses_no_exit_and_leaks_nothing(ctx: &mut Ctx) -> TestResult {
     let ids: Vec<String> = (0..CONTAINERS).map(|i| format!("pod{i}")).collect();
     let sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, &ids[0], &["sleep", "1000"])?;
     let pid = sh.pid()?;
