@@ -81,10 +81,6 @@ impl Report {
     }
 
     fn finish(&self, tests: &[(&str, Test)], lines: &[&str]) -> i32 {
-        if !self.failed.is_empty() {
-            println!("\nfailures:");
-            self.failed.iter().for_each(|f| println!("    {f}"));
-        }
         if !self.not_run.is_empty() {
             println!("\nnot run (the line cannot run them; not counted as passed):");
             self.not_run.iter().for_each(|f| println!("    {f}"));
@@ -93,6 +89,11 @@ impl Report {
         match std::fs::write(&table, self.compat_table(tests, lines)) {
             Ok(()) => println!("\ncompatibility table: {}", table.display()),
             Err(e) => println!("\ncould not write {}: {e}", table.display()),
+        }
+        // Last, so that a log cut to its tail (as CI's is) still names every failure.
+        if !self.failed.is_empty() {
+            println!("\nfailures:");
+            self.failed.iter().for_each(|f| println!("    {f}"));
         }
         println!(
             "\ne2e: {} passed, {} failed, {} skipped",
