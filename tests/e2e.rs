@@ -75,6 +75,7 @@ const TESTS: &[(&str, Test)] = tests![
     stdin_64mib_round_trip_is_exact,
     detached_task_lifecycle,
     task_survives_containerd_restart,
+    containerd_down_90s_loses_no_exit,
     killed_shim_is_cleaned_up,
     killed_shim_with_execs_and_a_tty_is_cleaned_up,
     the_shims_socket_is_root_only,
@@ -258,6 +259,11 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         ),
         "events_wait_out_a_containerd_outage" if line != "1.6" => Some(
             "drives the shim directly, with a minute of outage: run once, on the 1.6 line".into(),
+        ),
+        "containerd_down_90s_loses_no_exit" if line != "1.6" && line != "2.1" => Some(
+            "a minute and a half without containerd: run on the 1.6 and 2.1 lines, whose Go \
+             shims differ most"
+                .into(),
         ),
         "a_pod_shim_under_load_loses_no_exit_and_leaks_nothing"
             if line != "1.6" && line != "2.1" =>

@@ -206,7 +206,8 @@ impl Containerd {
         }
         let address = base.join("c.sock");
         let config = base.join("config.toml");
-        fs::write(&config, config_toml(&base, &address)).map_err(|e| e.to_string())?;
+        let ttrpc = ttrpc_of(&address);
+        fs::write(&config, config_toml(&base, &address, &ttrpc)).map_err(|e| e.to_string())?;
         let image_archive = base.join("busybox.oci.tar");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/busybox-image.py");
         run_ok(
@@ -228,6 +229,11 @@ impl Containerd {
     }
 
     fn launch(&mut self) -> Result<(), String> {
+        let config = self.config.clone();
+        self.launch_with(&config)
+    }
+
+    fn launch_with(&mut self, config: &Path) -> Result<(), String> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -242,7 +248,7 @@ impl Containerd {
         );
         let child = stdio_only(&mut Command::new(self.line.tool("containerd")))
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .env("PATH", path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -294,6 +300,33 @@ impl Containerd {
         self.launch()
     }
 
+    /// Stops containerd if it runs, then starts it with its ttrpc socket (where shims send
+    /// their events) at another path, so no shim reaches it until `release_events`: a test
+    /// can subscribe to events first, with no race against a shim's next try. `restart`
+    /// puts the usual config back.
+    pub fn restart_with_events_held(&mut self) -> Result<(), String> {
+        self.stop();
+        let config = self.base.join("config-events-held.toml");
+        let held = self.held_ttrpc();
+        fs::write(&config, config_toml(&self.base, &self.address, &held))
+            .map_err(|e| e.to_string())?;
+        self.launch_with(&config)
+    }
+
+    /// Links the shims' ttrpc path to the socket `restart_with_events_held` made, in one
+    /// rename, so every shim's next try reaches containerd.
+    pub fn release_events(&self) -> Result<(), String> {
+        let link = self.base.join("ttrpc-link");
+        let _ = fs::remove_file(&link);
+        std::os::unix::fs::symlink(self.held_ttrpc(), &link)
+            .and_then(|()| fs::rename(&link, self.ttrpc_address()))
+            .map_err(|e| format!("linking the ttrpc socket: {e}"))
+    }
+
+    fn held_ttrpc(&self) -> PathBuf {
+        self.base.join("held.ttrpc")
+    }
+
     pub fn ctr(&self, ns: &str, args: &[&str]) -> Output {
         self.ctr_command(ns, args)
             .stdin(Stdio::null())
@@ -336,7 +369,7 @@ impl Containerd {
     }
 
     pub fn ttrpc_address(&self) -> PathBuf {
-        self.base.join("c.sock.ttrpc")
+        ttrpc_of(&self.address)
     }
 
     /// Where containerd keeps the bundles of a namespace.
@@ -359,9 +392,16 @@ impl Drop for Containerd {
     }
 }
 
+/// Where shims send containerd their events: the gRPC socket's path with ".ttrpc" added.
+fn ttrpc_of(address: &Path) -> PathBuf {
+    let mut path = address.as_os_str().to_owned();
+    path.push(".ttrpc");
+    PathBuf::from(path)
+}
+
 /// containerd's config: its own root, state and sockets, no CRI; nothing shared with the host's
 /// containerd (the opt plugin's directory is the daemon's own, NRI's socket is off).
-fn config_toml(base: &Path, address: &Path) -> String {
+fn config_toml(base: &Path, address: &Path, ttrpc: &Path) -> String {
     format!(
         r#"version = 2
 root = "{root}"
@@ -370,7 +410,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 [grpc]
   address = "{address}"
 [ttrpc]
-  address = "{address}.ttrpc"
+  address = "{ttrpc}"
 [debug]
   address = ""
   level = "info"
@@ -384,6 +424,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         root = base.join("root").display(),
         state = base.join("state").display(),
         address = address.display(),
+        ttrpc = ttrpc.display(),
         opt = base.join("opt").display(),
     )
 }
