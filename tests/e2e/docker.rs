@@ -322,7 +322,7 @@ pub fn docker_healthchecks_stay_healthy_without_growth(ctx: &mut Ctx) -> TestRes
     );
     println!(
         "    [{}] healthy at {looks} looks over {HEALTHY_FOR:?}; from 20 s on, shim fds \
-         {fds_before} -> {fds_after}, RSS {rss_before} -> {rss_after} KiB",
+         {fds_before} -> {fds_after}, anonymous RSS {rss_before} -> {rss_after} KiB",
         ctx.runtime
     );
     ensure!(
@@ -334,11 +334,14 @@ pub fn docker_healthchecks_stay_healthy_without_growth(ctx: &mut Ctx) -> TestRes
     if ctx.runtime == OURS {
         ensure!(
             !grew,
-            "shim RSS grew from {rss_before} to {rss_after} KiB over the healthchecks"
+            "shim anonymous RSS grew from {rss_before} to {rss_after} KiB over the healthchecks"
         );
     } else if grew {
         // Known difference: the Go shim's memory grows with the number of execs it has run.
-        println!("    [{}] RSS grew by more than 128 KiB", ctx.runtime);
+        println!(
+            "    [{}] anonymous RSS grew by more than 128 KiB",
+            ctx.runtime
+        );
     }
     docker.remove_all_and_check(ctx)
 }

@@ -173,14 +173,14 @@ pub fn a_pod_shim_under_load_loses_no_exit_and_leaks_nothing(ctx: &mut Ctx) -> T
         .map_err(|e| format!("container wave {wave}: {e}"))?;
         let (fds, rss) = footprint(pid)?;
         println!(
-            "    [{runtime}] containers {}..{}: created and started in {:.2}s; shim fds {fds}, RSS {rss} KiB",
+            "    [{runtime}] containers {}..{}: created and started in {:.2}s; shim fds {fds}, anonymous RSS {rss} KiB",
             chunk[0],
             chunk[chunk.len() - 1],
             wave_began.elapsed().as_secs_f64()
         );
     }
     println!(
-        "    [{runtime}] {} more containers in {:.1}s (with one: fds {}, RSS {} KiB)",
+        "    [{runtime}] {} more containers in {:.1}s (with one: fds {}, anonymous RSS {} KiB)",
         CONTAINERS - 1,
         began.elapsed().as_secs_f64(),
         one_container.0,
@@ -235,7 +235,7 @@ pub fn a_pod_shim_under_load_loses_no_exit_and_leaks_nothing(ctx: &mut Ctx) -> T
     if !stuck {
         println!(
             "    [{runtime}] {EXECS} execs, {EXEC_WAVE} at a time, in {:.1}s; after each wave: \
-             fds {} (first wave) / {} (most), RSS {} (first wave) / {} (most) / {} (last) KiB",
+             fds {} (first wave) / {} (most), anonymous RSS {} (first wave) / {} (most) / {} (last) KiB",
             began.elapsed().as_secs_f64(),
             first_wave.0,
             worst.0,
@@ -247,13 +247,13 @@ pub fn a_pod_shim_under_load_loses_no_exit_and_leaks_nothing(ctx: &mut Ctx) -> T
         if ctx.runtime == OURS {
             ensure!(
                 !grew,
-                "RSS grew from {} KiB after the first exec wave to {} KiB after the last",
+                "anonymous RSS grew from {} KiB after the first exec wave to {} KiB after the last",
                 first_wave.1,
                 after_execs.1
             );
         } else if grew {
             println!(
-                "    [{runtime}] known difference: RSS grew by more than {RSS_SLACK_KIB} KiB \
+                "    [{runtime}] known difference: anonymous RSS grew by more than {RSS_SLACK_KIB} KiB \
                  over the execs"
             );
         }
@@ -303,8 +303,8 @@ pub fn a_pod_shim_under_load_loses_no_exit_and_leaks_nothing(ctx: &mut Ctx) -> T
     }
     let (fds, rss) = footprint(pid)?;
     println!(
-        "    [{runtime}] back to one container: fds {fds}, RSS {rss} KiB (with one at the start: \
-         fds {}, RSS {} KiB)",
+        "    [{runtime}] back to one container: fds {fds}, anonymous RSS {rss} KiB (with one at the start: \
+         fds {}, anonymous RSS {} KiB)",
         one_container.0, one_container.1
     );
     ensure!(
