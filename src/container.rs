@@ -641,21 +641,30 @@ impl Container {
             Err(Error::NotFound(_)) => Ok(()),
             other => other,
         };
-        if deleted.is_ok() {
-            let mark = self.bundle.join(RUNC_DELETED_FILE);
-            if let Err(e) = blocking(move || {
-                std::fs::write(&mark, b"").map_err(|e| Error::Internal(e.to_string()))
-            })
-            .await
-            {
-                // Only costs the later `delete` a runc run.
-                log::warn!("failed to mark {} deleted: {e}", self.id);
-            }
-        }
         if let Some(watch) = self.oom.get() {
             watch.close();
         }
-        self.release_rootfs().await;
+        // The deleted mark and the unmount in one trip to the blocking pool: each trip is a
+        // pair of thread switches, and a Delete is on every container's path.
+        let mark = deleted.is_ok().then(|| self.bundle.join(RUNC_DELETED_FILE));
+        let rootfs = self.mounted_rootfs.clone();
+        if mark.is_none() && rootfs.is_none() {
+            return deleted;
+        }
+        let id = self.id.clone();
+        let released = blocking(move || {
+            if let Some(mark) = mark {
+                if let Err(e) = std::fs::write(&mark, b"") {
+                    // Only costs the later `delete` a runc run.
+                    log::warn!("failed to mark {id} deleted: {e}");
+                }
+            }
+            rootfs.map_or(Ok(()), |rootfs| unmount(&rootfs))
+        })
+        .await;
+        if let Err(e) = released {
+            log::error!("{e}");
+        }
         deleted
     }
 
@@ -665,16 +674,15 @@ impl Container {
         };
         // An unmount can block on the filesystem (a busy overlay, a hung network mount): not
         // on the thread that serves requests, reaps and copies.
-        let unmounted = blocking(move || {
-            mount::unmount_all(&rootfs).map_err(|e| {
-                Error::Internal(format!("failed to unmount {}: {e}", rootfs.display()))
-            })
-        })
-        .await;
-        if let Err(e) = unmounted {
+        if let Err(e) = blocking(move || unmount(&rootfs)).await {
             log::error!("{e}");
         }
     }
+}
+
+fn unmount(rootfs: &Path) -> Result<()> {
+    mount::unmount_all(rootfs)
+        .map_err(|e| Error::Internal(format!("failed to unmount {}: {e}", rootfs.display())))
 }
 
 /// Runs file and mount work on tokio's blocking pool: a bundle on a slow or hung filesystem
