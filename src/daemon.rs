@@ -4,6 +4,7 @@
 use crate::bootstrap::LISTENER_FD;
 use crate::cli::Flags;
 use crate::events::Publisher;
+use crate::idle::{self, Idle};
 use crate::options;
 use crate::protos::shim_ttrpc::create_task;
 use crate::reaper::Reaper;
@@ -109,6 +110,7 @@ fn close_on_exec_from(first: i32) {
 /// containerd.task.v3.Task, which containerd 2.x calls with the same messages.
 fn task_services(
     task: Arc<TaskService>,
+    idle: &Arc<Idle>,
 ) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
     let mut services = create_task(task.clone());
     for (name, service) in create_task(task) {
@@ -118,7 +120,7 @@ fn task_services(
         let methods = std::mem::take(&mut service.methods);
         service.methods = methods
             .into_iter()
-            .map(|(name, method)| (name, Box::new(Decoded(method)) as Box<_>))
+            .map(|(name, method)| (name, Box::new(Decoded(method, idle.clone())) as Box<_>))
             .collect();
     }
     services
@@ -129,8 +131,12 @@ fn task_services(
 const UNDECODABLE: &str = "Unpack request error";
 
 /// A method whose undecodable requests are InvalidArgument, as every other malformed request
-/// is: the client sent bytes that are no request, nothing failed in the shim.
-struct Decoded(Box<dyn ttrpc::r#async::MethodHandler + Send + Sync>);
+/// is: the client sent bytes that are no request, nothing failed in the shim. Each request
+/// also counts as activity, which keeps the shim's memory resident while it is busy.
+struct Decoded(
+    Box<dyn ttrpc::r#async::MethodHandler + Send + Sync>,
+    Arc<Idle>,
+);
 
 #[async_trait::async_trait]
 impl ttrpc::r#async::MethodHandler for Decoded {
@@ -139,6 +145,7 @@ impl ttrpc::r#async::MethodHandler for Decoded {
         ctx: ttrpc::r#async::TtrpcContext,
         req: ttrpc::Request,
     ) -> ttrpc::Result<ttrpc::Response> {
+        self.1.touch();
         match self.0.handler(ctx, req).await {
             Err(ttrpc::Error::Others(message)) if message.starts_with(UNDECODABLE) => {
                 // An error from a handler would reach the client as UNKNOWN: the status goes
@@ -194,12 +201,16 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
             reaper.reap();
         }
     });
-    let routed = service.clone();
+    let idle = Arc::new(Idle::default());
+    let routed = (service.clone(), idle.clone());
     tokio::spawn(async move {
         while let Some(exit) = exits.recv().await {
-            routed.handle_exit(exit);
+            routed.1.touch();
+            routed.0.handle_exit(exit);
         }
     });
+    let released = idle.clone();
+    tokio::spawn(async move { released.run(idle::release_memory).await });
 
     // SAFETY: `start` hands us the listening socket on this fd and nothing else owns it.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
@@ -214,7 +225,7 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
         tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
     let mut server = ttrpc::r#async::Server::new()
         .add_listener(listener.into())
-        .register_service(task_services(Arc::new(TaskService(service))));
+        .register_service(task_services(Arc::new(TaskService(service)), &idle));
     server
         .start()
         .await

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod error;
 pub mod events;
 pub mod exits;
+pub mod idle;
 pub mod info;
 pub mod logger;
 pub mod mount;

@@ -484,11 +484,14 @@ log "3. memory: one idle container, then $IDLE_N idle containers, per runtime (s
 for k in "${!RT_SPEC[@]}"; do
   id=m1-r$k; run_idle "$k" "$id"; sleep $SETTLE
   pids=$(shims_of "$k" "$id" | awk '{print $1}' | xargs)
+  # Measured before anything asks the shim a question (ctr tasks ls asks each shim for its
+  # state): what an idle shim holds, not what answering a request brought in.
+  [ -n "$pids" ] && rec_mem mem1 "$k" $pids
   init=$(init_pid_of "$id"); ppid=$(awk '/^PPid:/ {print $2}' "/proc/$init/status" 2>/dev/null)
   if [ -z "$pids" ]; then fail_note "${RT_LABEL[$k]}" "memory" "no shim process found for $id"
   else
     [[ " $pids " == *" $ppid "* ]] || log "WARNING: ${RT_LABEL[$k]} $id: init $init has parent $ppid, not a shim we found ($pids)"
-    rec_mem mem1 "$k" $pids; STDIO_KIND[$k]=$(stdio_kind "$init")
+    STDIO_KIND[$k]=$(stdio_kind "$init")
   fi
   force_rm "$id"; check_shims_gone "$k" "$id"; sleep 1
   ids=(); for ((j = 1; j <= IDLE_N; j++)); do ids+=("mi-r$k-$j"); run_idle "$k" "mi-r$k-$j"; done
