@@ -7,8 +7,9 @@
 
 use crate::protos::forward::{Envelope, ForwardRequest};
 use crate::protos::forward_ttrpc::EventsClient;
+use crate::protos::FullName;
 use protobuf::well_known_types::any::Any;
-use protobuf::{MessageField, MessageFull};
+use protobuf::MessageField;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,10 +49,11 @@ pub struct Publisher {
     dropped: Arc<AtomicUsize>,
 }
 
-/// The type URL containerd's typeurl registry knows: the message's full name, no prefix.
-pub fn pack<M: MessageFull>(msg: &M) -> Any {
+/// Packed under the type URL containerd's typeurl registry knows: the message's full name,
+/// no prefix.
+pub fn pack<M: FullName>(msg: &M) -> Any {
     let mut any = Any::new();
-    any.type_url = M::descriptor().full_name().to_string();
+    any.type_url = M::FULL_NAME.to_string();
     // Serializing a message we built ourselves cannot fail short of memory exhaustion.
     any.value = msg.write_to_bytes().unwrap_or_default();
     any
@@ -78,7 +80,7 @@ impl Publisher {
         }
     }
 
-    pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
+    pub fn publish<M: FullName>(&self, topic: &str, event: &M) {
         let mut envelope = Envelope::new();
         envelope.timestamp = MessageField::some(crate::time::now());
         envelope.namespace = self.namespace.clone();

@@ -37,3 +37,45 @@ generated!(
     cgroups_v2,
     bootstrap,
 );
+
+/// A message's full protobuf name, which is the type URL containerd's typeurl registry knows
+/// it by. Spelled out here so that packing an event builds no descriptor: rust-protobuf's
+/// descriptor of events.proto alone is about 70 KiB of heap, kept for the process's life.
+pub trait FullName: protobuf::Message {
+    const FULL_NAME: &'static str;
+}
+
+macro_rules! full_names {
+    ($($module:ident in $package:literal: $($message:ident),*;)*) => {
+        $($(impl FullName for $module::$message {
+            const FULL_NAME: &'static str = concat!($package, ".", stringify!($message));
+        })*)*
+        /// Each spelled-out name against the one the generated descriptor gives.
+        #[cfg(test)]
+        fn spelled_and_described() -> Vec<(&'static str, String)> {
+            use protobuf::MessageFull;
+            vec![$($((
+                <$module::$message as FullName>::FULL_NAME,
+                $module::$message::descriptor().full_name().to_string(),
+            ),)*)*]
+        }
+    };
+}
+
+full_names!(
+    events in "containerd.events": TaskCreate, TaskStart, TaskDelete, TaskExit, TaskOOM,
+        TaskExecAdded, TaskExecStarted, TaskPaused, TaskResumed, TaskCheckpointed;
+    cgroups_v1 in "io.containerd.cgroups.v1": Metrics;
+    cgroups_v2 in "io.containerd.cgroups.v2": Metrics;
+    runc_options in "containerd.runc.v1": ProcessDetails;
+);
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn spelled_out_names_are_the_descriptors_names() {
+        for (spelled, described) in super::spelled_and_described() {
+            assert_eq!(spelled, described);
+        }
+    }
+}
