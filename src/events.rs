@@ -10,10 +10,10 @@ use crate::protos::forward_ttrpc::EventsClient;
 use crate::protos::FullName;
 use protobuf::well_known_types::any::Any;
 use protobuf::MessageField;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 pub const TASK_CREATE: &str = "/tasks/create";
 pub const TASK_START: &str = "/tasks/start";
@@ -47,6 +47,17 @@ pub struct Publisher {
     waiting: Arc<AtomicUsize>,
     /// Events dropped since the queue last had room, for one log line per overflow.
     dropped: Arc<AtomicUsize>,
+    hurry: Arc<Hurry>,
+}
+
+/// Set once the shim is shutting down: an event waiting for containerd is then tried again
+/// at once and every 100 ms, not after a backoff of up to 5 s that would outlast the flush.
+/// containerd 1.7 and later shut down, as they start, each shim whose task ended while they
+/// were down; the exit that shim kept for containerd must still get through.
+#[derive(Default)]
+struct Hurry {
+    set: AtomicBool,
+    woken: Notify,
 }
 
 /// Packed under the type URL containerd's typeurl registry knows: the message's full name,
@@ -65,11 +76,13 @@ impl Publisher {
         let (tx, rx) = mpsc::unbounded_channel();
         let waiting = Arc::new(AtomicUsize::new(0));
         let dropped = Arc::new(AtomicUsize::new(0));
+        let hurry = Arc::new(Hurry::default());
         let forwarder = Forwarder {
             address,
             namespace: namespace.to_string(),
             waiting: waiting.clone(),
             dropped: dropped.clone(),
+            hurry: hurry.clone(),
         };
         tokio::spawn(forwarder.run(rx));
         Publisher {
@@ -77,6 +90,7 @@ impl Publisher {
             namespace: namespace.to_string(),
             waiting,
             dropped,
+            hurry,
         }
     }
 
@@ -102,8 +116,11 @@ impl Publisher {
         }
     }
 
-    /// Waits, at most `limit`, until every event published so far has left.
+    /// Waits, at most `limit`, until every event published so far has left; events still
+    /// waiting for containerd are tried again at once, then every 100 ms.
     pub async fn flush(&self, limit: Duration) {
+        self.hurry.set.store(true, Ordering::SeqCst);
+        self.hurry.woken.notify_one();
         let (tx, rx) = oneshot::channel();
         if self.queue.send(Item::Flush(tx)).is_ok() {
             let _ = tokio::time::timeout(limit, rx).await;
@@ -117,6 +134,7 @@ struct Forwarder {
     namespace: String,
     waiting: Arc<AtomicUsize>,
     dropped: Arc<AtomicUsize>,
+    hurry: Arc<Hurry>,
 }
 
 impl Forwarder {
@@ -172,7 +190,15 @@ impl Forwarder {
                             attempt + 1
                         );
                     }
-                    tokio::time::sleep(backoff(attempt)).await;
+                    let wait = if self.hurry.set.load(Ordering::SeqCst) {
+                        backoff(0)
+                    } else {
+                        backoff(attempt)
+                    };
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = self.hurry.woken.notified() => {}
+                    }
                 }
             }
         }
@@ -291,5 +317,56 @@ mod tests {
             publisher.publish(TASK_START, &start);
             assert_eq!(publisher.waiting.load(Ordering::SeqCst), QUEUE_LIMIT);
         });
+    }
+
+    /// Counts what containerd's events service would receive.
+    struct Counter(Arc<AtomicUsize>);
+
+    #[async_trait::async_trait]
+    impl crate::protos::forward_ttrpc::Events for Counter {
+        async fn forward(
+            &self,
+            _: &ttrpc::r#async::TtrpcContext,
+            _: ForwardRequest,
+        ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Default::default())
+        }
+    }
+
+    #[test]
+    fn a_flush_tries_a_waiting_event_at_once() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("shim-flush-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("events.sock");
+        rt.block_on(async {
+            let publisher = Publisher::start(Some(sock.to_string_lossy().into_owned()), "ns");
+            publisher.publish(TASK_START, &TaskStart::new());
+            // Tries at 0, 0.1, 0.3, 0.7, 1.5 and 3.1 s: the next comes 3.2 s after that.
+            tokio::time::sleep(Duration::from_millis(3300)).await;
+            let received = Arc::new(AtomicUsize::new(0));
+            let mut server = ttrpc::r#async::Server::new()
+                .bind(&format!("unix://{}", sock.display()))
+                .unwrap()
+                .register_service(crate::protos::forward_ttrpc::create_events(Arc::new(
+                    Counter(received.clone()),
+                )));
+            server.start().await.unwrap();
+            // A second is far less than the backoff left: only a retry at once gets through.
+            publisher.flush(Duration::from_secs(1)).await;
+            assert_eq!(
+                received.load(Ordering::SeqCst),
+                1,
+                "the event missed the flush"
+            );
+            assert_eq!(publisher.waiting.load(Ordering::SeqCst), 0);
+            let _ = server.shutdown().await;
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
