@@ -121,7 +121,6 @@ const TESTS: &[(&str, Test)] = tests![
     a_create_that_fails_half_way_leaves_nothing,
     a_delete_that_fails_can_be_tried_again,
     concurrent_runc_failures_each_report_their_own,
-    events_wait_out_a_containerd_outage,
     a_stuck_log_file_stalls_nothing_else,
     runc_gets_no_fd_the_shim_holds,
     each_runc_command_that_fails_is_a_clear_error,
@@ -256,9 +255,6 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
         }
         "runc_options_reach_the_binary_they_name" if line.ends_with("+crun") => Some(
             "crun refuses runc's --criu global option (CriuPath), which this test passes".into(),
-        ),
-        "events_wait_out_a_containerd_outage" if line != "1.6" => Some(
-            "drives the shim directly, with a minute of outage: run once, on the 1.6 line".into(),
         ),
         "containerd_down_90s_loses_no_exit" if line != "1.6" && line != "2.1" => Some(
             "a minute and a half without containerd: run on the 1.6 and 2.1 lines, whose Go \

@@ -267,9 +267,8 @@ pub struct DirectShim {
     pub version: u64,
     pub rt: tokio::runtime::Runtime,
     recorder: Arc<Recorder>,
-    /// containerd's events service as the shim sees it: None while "containerd" is down.
-    events: Option<ttrpc::r#async::Server>,
-    events_sock: PathBuf,
+    /// containerd's events service as the shim sees it, serving while the shim lives.
+    _events: ttrpc::r#async::Server,
     log: fs::File,
     scratch: Scratch,
 }
@@ -431,8 +430,7 @@ impl DirectShim {
             version,
             rt,
             recorder,
-            events: Some(events),
-            events_sock: events_sock.clone(),
+            _events: events,
             log,
             scratch,
         };
@@ -591,25 +589,7 @@ impl DirectShim {
             .map_err(|e| format!("Connect: {e}"))
     }
 
-    /// The topics published so far for container `id` (the events carry it in their payload;
-    /// the recorder keeps topics in arrival order).
-    /// Stops the stand-in for containerd's events service, as a containerd restart does: the
-    /// shim finds nothing listening until `events_up`.
-    pub fn events_down(&mut self) {
-        if let Some(mut server) = self.events.take() {
-            let _ = self.rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(5), server.shutdown()).await
-            });
-        }
-        let _ = fs::remove_file(&self.events_sock);
-    }
-
-    /// Serves the events service again at the same address, recording into the same list.
-    pub fn events_up(&mut self) -> Result<(), String> {
-        self.events = Some(serve_events(&self.rt, &self.events_sock, &self.recorder)?);
-        Ok(())
-    }
-
+    /// The topics published so far, in arrival order.
     pub fn topics(&self) -> Vec<String> {
         self.recorder
             .0

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 const LIMIT: Duration = Duration::from_secs(60);
 /// How long the healthchecked container must stay healthy.
-const HEALTHY_FOR: Duration = Duration::from_secs(60);
+const HEALTHY_FOR: Duration = Duration::from_secs(40);
 /// Shell input that waits, at most 5 s, until its terminal has a size.
 const SIZED: &str =
     "i=0; while [ $i -lt 50 ] && [ -z \"$(stty size 2>/dev/null)\" ]; do sleep 0.1; i=$((i+1)); done";
@@ -284,8 +284,8 @@ fn shim_footprint(ns: &str) -> Result<(i32, usize, u64), String> {
 }
 
 /// Docker runs a healthcheck as an exec every interval: a container checked every second
-/// becomes healthy and stays so for a minute, and the shim's fds and memory do not grow with
-/// the checks (measured from the twentieth check on, once buffers have reached their size).
+/// becomes healthy and stays so for 40 s, and the shim's fds and memory do not grow with the
+/// checks (measured from the tenth check on, once buffers have reached their size).
 pub fn docker_healthchecks_stay_healthy_without_growth(ctx: &mut Ctx) -> TestResult {
     let docker = Docker::start(ctx, None)?;
     let id = run_detached(
@@ -310,7 +310,7 @@ pub fn docker_healthchecks_stay_healthy_without_growth(ctx: &mut Ctx) -> TestRes
             docker.inspect(&id, "{{json .State.Health.Log}}")?
         );
         looks += 1;
-        if baseline.is_none() && started.elapsed() >= Duration::from_secs(20) {
+        if baseline.is_none() && started.elapsed() >= Duration::from_secs(10) {
             baseline = Some(shim_footprint(&ctx.ns)?);
         }
     }
@@ -321,7 +321,7 @@ pub fn docker_healthchecks_stay_healthy_without_growth(ctx: &mut Ctx) -> TestRes
         "the shim changed from {pid} to {pid_after}"
     );
     println!(
-        "    [{}] healthy at {looks} looks over {HEALTHY_FOR:?}; from 20 s on, shim fds \
+        "    [{}] healthy at {looks} looks over {HEALTHY_FOR:?}; from 10 s on, shim fds \
          {fds_before} -> {fds_after}, anonymous RSS {rss_before} -> {rss_after} KiB",
         ctx.runtime
     );
@@ -329,7 +329,7 @@ pub fn docker_healthchecks_stay_healthy_without_growth(ctx: &mut Ctx) -> TestRes
         fds_after <= fds_before,
         "shim fds grew from {fds_before} to {fds_after} over the healthchecks"
     );
-    // About 40 execs: a leak of a few KiB each shows; allocator noise stays well under.
+    // About 30 execs: a leak of a few KiB each shows; allocator noise stays well under.
     let grew = rss_after > rss_before + 128;
     if ctx.runtime == OURS {
         ensure!(

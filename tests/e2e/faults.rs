@@ -393,63 +393,6 @@ async fn futures_join_all<F: std::future::Future>(futures: Vec<F>) -> Vec<F::Out
     handles.into_iter().flatten().collect()
 }
 
-/// How long "containerd" stays away: twice the dozen tries (about 14 s) an event used to get
-/// here, and past the Go shim's six (1 + 2 + ... + 6 s of waits, plus its 5 s request
-/// timeouts).
-const OUTAGE: Duration = Duration::from_secs(30);
-
-/// containerd away for half a minute (a restart, a hang) loses no event: the exit of a task that
-/// ended meanwhile reaches containerd once it is back, after the events before it.
-pub fn events_wait_out_a_containerd_outage(ctx: &mut Ctx) -> TestResult {
-    let mut sh = DirectShim::start(&shim_binary(ctx), &ctx.ns, "outage", &["sleep", "1000"])?;
-    sh.rt
-        .block_on(
-            sh.client
-                .create(DirectShim::ctx(), &sh.create_request("outage", None)),
-        )
-        .map_err(|e| format!("Create: {e}"))?;
-    sh.start_task("outage")?;
-    eventually(Duration::from_secs(10), || {
-        let topics = sh.topics();
-        ensure!(
-            topics.iter().any(|t| t == "/tasks/start"),
-            "events so far: {topics:?}"
-        );
-        Ok(())
-    })?;
-    sh.events_down();
-    let kill: KillRequest = req_id(|r: &mut KillRequest| {
-        r.id = "outage".into();
-        r.signal = 9;
-    });
-    sh.rt
-        .block_on(sh.client.kill(DirectShim::ctx(), &kill))
-        .map_err(|e| format!("Kill: {e}"))?;
-    let status = sh.wait_exit("outage", Duration::from_secs(15))?.exit_status;
-    ensure!(status == 137, "exit status {status}");
-    std::thread::sleep(OUTAGE);
-    sh.events_up()?;
-    let delivered = eventually(Duration::from_secs(15), || {
-        let topics = sh.topics();
-        ensure!(
-            topics.iter().any(|t| t == "/tasks/exit"),
-            "events after the outage: {topics:?}"
-        );
-        Ok(topics)
-    });
-    match delivered {
-        Ok(topics) => ensure!(
-            topics == ["/tasks/create", "/tasks/start", "/tasks/exit"],
-            "events {topics:?}"
-        ),
-        // Known difference: containerd's Go shim tries an event six times, then drops it.
-        Err(e) if ctx.runtime == GO_SHIM => println!("    [{}] lost the exit: {e}", ctx.runtime),
-        Err(e) => return Err(e),
-    }
-    delete(&sh, "outage").map_err(|e| format!("Delete: {e}"))?;
-    sh.finish()
-}
-
 /// An ext4 image mounted on a loop device, which `fsfreeze` can stop taking writes: a hung
 /// filesystem on demand. Dropped, it is thawed, unmounted and removed.
 struct FreezableFs {
