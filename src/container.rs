@@ -5,6 +5,7 @@
 use crate::cgroups::oom::OomWatch;
 use crate::cgroups::Cgroup;
 use crate::error::{Error, Result};
+use crate::memfile::MemFile;
 use crate::mount;
 use crate::options::RuntimeOptions;
 use crate::process::{Kind, Process, Status};
@@ -101,7 +102,6 @@ impl Container {
         let mut runc = Runc::new(
             req.options.binary(),
             Path::new(req.options.root()).join(req.namespace),
-            req.bundle.to_path_buf(),
             req.options.systemd_cgroup,
             reaper.clone(),
         )?;
@@ -465,28 +465,20 @@ impl Container {
             .get(exec_id)
             .map(|e| (e.spec.clone(), e.plan.clone()))
             .ok_or_else(|| Error::NotFound(format!("exec {exec_id:?} was deleted")))?;
-        let spec_file = self.bundle.join(format!("exec-{exec_id}.json"));
+        // The spec goes to runc in memory (see memfile.rs); the pid file must be on a
+        // filesystem, as runc writes it beside itself and renames it into place.
+        let spec_file = MemFile::with(c"exec-spec", &spec).map_err(|e| {
+            Error::Internal(format!("failed to hold the spec of exec {exec_id:?}: {e}"))
+        })?;
         let pid_file = self.bundle.join(format!("exec-{exec_id}.pid"));
-        let (path, text) = (spec_file.clone(), spec);
-        blocking(move || {
-            std::fs::write(&path, &text)
-                .map_err(|e| Error::Internal(format!("failed to write {}: {e}", path.display())))
-        })
-        .await?;
-        let (opened, child_stdio) = match stdio::open(&plan, &self.open_context(process)).await {
-            Ok(io) => io,
-            Err(e) => {
-                let _ = std::fs::remove_file(&spec_file);
-                return Err(e);
-            }
-        };
+        let (opened, child_stdio) = stdio::open(&plan, &self.open_context(process)).await?;
         let opts = ExecOpts {
-            process_file: spec_file.clone(),
+            process_file: spec_file.path(),
             pid_file: pid_file.clone(),
         };
         let ran = self.runc.exec(&self.id, &opts, child_stdio).await;
+        drop(spec_file);
         let pid = blocking(move || {
-            let _ = std::fs::remove_file(&spec_file);
             let pid = read_pid(&pid_file);
             let _ = std::fs::remove_file(&pid_file);
             pid

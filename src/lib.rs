@@ -12,6 +12,7 @@ pub mod exits;
 pub mod idle;
 pub mod info;
 pub mod logger;
+pub mod memfile;
 pub mod mount;
 pub mod options;
 pub mod placement;

@@ -2,11 +2,11 @@
 //! every command is spawned through the reaper so that its exit comes back to its caller.
 
 use crate::error::{Error, Result};
+use crate::memfile::MemFile;
 use crate::reaper::Reaper;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -16,9 +16,6 @@ pub struct Runc {
     pub binary: PathBuf,
     /// runc's state root for this namespace, `<root>/<namespace>`.
     pub root: PathBuf,
-    /// Where each call's JSON log goes (the bundle): one file per call, so two calls at once
-    /// never report each other's errors.
-    pub log_dir: PathBuf,
     pub systemd_cgroup: bool,
     /// CRIU binary for checkpoint and restore (`--criu`); runc's own default when None.
     pub criu: Option<PathBuf>,
@@ -79,7 +76,6 @@ impl Runc {
     pub fn new(
         binary: &str,
         root: PathBuf,
-        log_dir: PathBuf,
         systemd_cgroup: bool,
         reaper: Arc<Reaper>,
     ) -> Result<Runc> {
@@ -87,27 +83,29 @@ impl Runc {
         Ok(Runc {
             binary,
             root,
-            log_dir,
             systemd_cgroup,
             criu: None,
             reaper,
         })
     }
 
-    fn command(&self) -> Call {
-        static CALLS: AtomicU64 = AtomicU64::new(0);
-        let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let log = CallLog(self.log_dir.join(format!("runc-{n}.log.json")));
+    /// A call with a JSON log of its own, so two calls at once never report each other's
+    /// errors.
+    fn command(&self) -> Result<Call> {
+        let log = MemFile::new(c"runc-log")
+            .map_err(|e| Error::Internal(format!("failed to make a log for runc: {e}")))?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--root").arg(&self.root);
-        cmd.arg("--log").arg(&log.0).args(["--log-format", "json"]);
+        cmd.arg("--log")
+            .arg(log.path())
+            .args(["--log-format", "json"]);
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
         if let Some(criu) = &self.criu {
             cmd.arg("--criu").arg(criu);
         }
-        Call { cmd, log }
+        Ok(Call { cmd, log })
     }
 
     pub async fn create(
@@ -117,7 +115,7 @@ impl Runc {
         opts: &CreateOpts,
         stdio: ProcessStdio,
     ) -> Result<()> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.arg("create").arg("--bundle").arg(bundle);
         cmd.arg("--pid-file").arg(&opts.pid_file);
         if opts.no_pivot_root {
@@ -143,7 +141,7 @@ impl Runc {
 
     /// Runs a process in the container and returns once it is started (`--detach`).
     pub async fn exec(&self, id: &str, opts: &ExecOpts, stdio: ProcessStdio) -> Result<()> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.args(["exec", "--detach", "--process"])
             .arg(&opts.process_file)
             .arg("--pid-file")
@@ -165,7 +163,7 @@ impl Runc {
 
     /// `runc update --resources -`: `resources` is an OCI LinuxResources as JSON.
     pub async fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.args(["update", "--resources", "-", id]);
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -174,7 +172,7 @@ impl Runc {
     }
 
     pub async fn checkpoint(&self, id: &str, opts: &CheckpointOpts) -> Result<()> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.args(checkpoint_args(id, opts));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -184,7 +182,7 @@ impl Runc {
 
     /// Restores a checkpointed container and returns once its init runs (`--detach`).
     pub async fn restore(&self, id: &str, opts: &RestoreOpts, stdio: ProcessStdio) -> Result<()> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.args(restore_args(id, opts, stdio.console_socket.as_deref()));
         self.run_with_stdio("restore", cmd, stdio).await
     }
@@ -214,7 +212,7 @@ impl Runc {
 
     /// The pids of every process in the container.
     pub async fn ps(&self, id: &str) -> Result<Vec<i32>> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.args(["ps", "--format", "json", id]);
         let out = self.run_captured("ps", cmd).await?;
         let text = String::from_utf8_lossy(&out);
@@ -227,7 +225,7 @@ impl Runc {
     }
 
     async fn simple(&self, args: &[&str]) -> Result<()> {
-        let mut cmd = self.command();
+        let mut cmd = self.command()?;
         cmd.args(args);
         self.run_captured(args[0], cmd).await.map(drop)
     }
@@ -263,7 +261,11 @@ impl Runc {
         if exit.status == 0 {
             return Ok(out);
         }
-        let detail = last_log_error(&cmd.log.0)
+        let detail = cmd
+            .log
+            .contents()
+            .ok()
+            .and_then(|log| last_log_error(&log))
             .or_else(|| Some(String::from_utf8_lossy(&err).trim().to_string()))
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("exit status {}", exit.status));
@@ -277,7 +279,7 @@ impl Runc {
 /// One runc invocation: its command line and the log only it writes.
 struct Call {
     cmd: Command,
-    log: CallLog,
+    log: MemFile,
 }
 
 impl std::ops::Deref for Call {
@@ -290,15 +292,6 @@ impl std::ops::Deref for Call {
 impl std::ops::DerefMut for Call {
     fn deref_mut(&mut self) -> &mut Command {
         &mut self.cmd
-    }
-}
-
-/// A call's log file, removed once the call's answer has been read from it.
-struct CallLog(PathBuf);
-
-impl Drop for CallLog {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -388,9 +381,8 @@ fn classify(message: String) -> Error {
 }
 
 /// The message of the last error runc wrote to a call's JSON log.
-fn last_log_error(log: &Path) -> Option<String> {
-    let bytes = std::fs::read(log).ok()?;
-    let text = String::from_utf8_lossy(&bytes);
+fn last_log_error(log: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(log);
     text.lines().rev().find_map(|line| {
         let entry: serde_json::Value = serde_json::from_str(line).ok()?;
         let level = entry.get("level")?.as_str()?;
@@ -439,21 +431,13 @@ mod tests {
 
     #[test]
     fn last_log_error_takes_the_newest_error_line() {
-        let dir = std::env::temp_dir().join(format!("runc-log-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("log.json");
-        std::fs::write(
-            &log,
-            "{\"level\":\"error\",\"msg\":\"old\"}\n{\"level\":\"info\",\"msg\":\"x\"}\n\
-             {\"level\":\"error\",\"msg\":\"container_linux.go: starting failed\"}\nnot json\n",
-        )
-        .unwrap();
+        let log = b"{\"level\":\"error\",\"msg\":\"old\"}\n{\"level\":\"info\",\"msg\":\"x\"}\n\
+            {\"level\":\"error\",\"msg\":\"container_linux.go: starting failed\"}\nnot json\n";
         assert_eq!(
-            last_log_error(&log).as_deref(),
+            last_log_error(log).as_deref(),
             Some("container_linux.go: starting failed")
         );
-        assert_eq!(last_log_error(&dir.join("absent.json")), None);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(last_log_error(b""), None);
     }
 
     #[test]
