@@ -23,9 +23,11 @@
 #   1. latency  ctr run --rm true; ctr run -d sleep + task rm -f + container rm; task exec true
 #   2. CPU      shim CPU per lifecycle and per exec: the shim runs through a wrapper that puts it
 #               (start, daemon, containerd's `shim delete`) in a cpuacct cgroup of its own, and
-#               runc in another one, so runc and the container are not counted
+#               runc in another one, so runc and the container are not counted; rows "less
+#               the runc wrapper's" also take out the wrapper's own exec (see runc_wrapper)
 #   3. memory   RSS/PSS/USS (smaps_rollup) of 1 and of N idle shims, and their idle CPU
-#   4. stdio    stdout MiB/s (timed inside the container), stdin round trip through cat
+#   4. stdio    stdout MiB/s (timed inside the container), stdin round trip through cat,
+#               against pipe floors and a splice relay standing in for the shim's hops
 #   5. scale    SCALE_N idle containers with a shim each, then PODS pods of 5 containers that
 #               share a shim (the io.containerd.runc.v2.group annotation, as a pod's containers
 #               do under CRI): the time to start them all, one after another, and the shims'
@@ -213,6 +215,19 @@ wait_shim_done() { # K ID
   done
   return 1
 }
+# the static runc wrapper's log of its CPU before it moved (see runc_wrapper), per runtime
+pre_mark() { [ "$WRAP_KIND" = static ] || { echo none; return; }; cat "$D/runcwrap/$1/pre.log" 2>/dev/null | wc -l; }
+pre_since() { # K MARK -> "CALLS NS" of the wrapper runs logged since MARK, or "none"
+  [ "$2" = none ] && { echo none; return; }
+  tail -n +"$(($2 + 1))" "$D/runcwrap/$1/pre.log" 2>/dev/null | awk '{n++; s += $1} END {printf "%d %d\n", n, s}'
+}
+rec_net() { # METRIC K SHIM_MS PRE: the shim's CPU less the wrapper's, and the wrapper's calls and CPU
+  local calls ns
+  [ "$4" = none ] && return
+  read -r calls ns <<<"$4"
+  rec "${1}_net" "$2" "$(awk -v v="$3" -v p="$ns" 'BEGIN {printf "%.3f", v - p / 1e6}')"
+  rec "${1}_wrap" "$2" "$(ms_of_ns "$ns")"; rec "${1}_calls" "$2" "$calls"
+}
 shim_cpu_ms() { # K ID -> CPU of that container's shim, ms, once it is gone
   wait_shim_done "$1" "$2" || fail_note "${RT_LABEL[$1]}" "shim of $2" "still running 5 s after ctr returned"
   ms_of_ns "$(cg_usage_ns "$CG/$1/$2")"
@@ -242,13 +257,17 @@ fi
 # The wrapper: containerd runs it as the shim binary. It moves itself into $CG/K/ID (so the
 # shim's start copy, daemon and `delete` calls are counted there), puts a runc wrapper first on
 # the shim's PATH (runc moves to $CG/K/runc before it execs), logs "ID ACTION", execs the shim.
-# Known bias: what the runc wrapper does before it moves counts as shim CPU. With a C compiler
-# the wrapper is a small static program (an exec and one write per runc call); without one it
-# is /bin/sh, whose start costs about 0.5 ms per call here.
-runc_wrapper() { # CGROUP_PROCS OUT: a runc that first moves itself into CGROUP_PROCS
+# Known bias: what the runc wrapper does before it moves (its exec and start, and the shim's
+# child from its spawn to that exec) is charged to the shim's cgroup: an exec of any static
+# program costs about 0.5 ms of CPU on a 2-vCPU VM. A real runc's own exec would be runc's,
+# so the static wrapper reads its process CPU clock once it has moved and appends it (ns) to
+# PRE_LOG; the "less the wrapper" rows subtract those from the shim's CPU. Without a C compiler
+# the wrapper is /bin/sh and those rows are n/a.
+runc_wrapper() { # CGROUP_PROCS OUT PRE_LOG: a runc that first moves itself into CGROUP_PROCS
   cat >"$2.c" <<EOF
 #include <fcntl.h>
 #include <stdio.h>
+#include <time.h>
 #include <unistd.h>
 int main(int argc, char **argv) {
   (void)argc;
@@ -259,6 +278,14 @@ int main(int argc, char **argv) {
     if (write(fd, pid, (size_t)n) < 0) {}
     close(fd);
   }
+  struct timespec t;
+  int log = open("$3", O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (log >= 0 && clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t) == 0) {
+    char ns[32];
+    int n = snprintf(ns, sizeof ns, "%lld\\n", (long long)t.tv_sec * 1000000000LL + t.tv_nsec);
+    if (write(log, ns, (size_t)n) < 0) {}
+  }
+  if (log >= 0) close(log);
   argv[0] = "$RUNC_BIN";
   execv("$RUNC_BIN", argv);
   return 127;
@@ -271,7 +298,7 @@ WRAP_KIND=sh
 for k in "${!RT_SPEC[@]}"; do
   RT_WRAP[$k]=$D/wrap/$k/shim; mkdir -p "$D/wrap/$k" "$D/runcwrap/$k"
   [ $CPU_ACCT != none ] && mkdir -p "$CG/$k/runc"
-  runc_wrapper "$CG/$k/runc/cgroup.procs" "$D/runcwrap/$k/runc"
+  runc_wrapper "$CG/$k/runc/cgroup.procs" "$D/runcwrap/$k/runc" "$D/runcwrap/$k/pre.log"
   cat >"${RT_WRAP[$k]}" <<EOF
 #!/bin/sh
 # shimbench accounting wrapper for runtime $((k + 1)): see shimbench.sh
@@ -420,8 +447,8 @@ if want cpu; then
 if [ $CPU_ACCT != none ]; then
   log "2. shim CPU: $WARM warm-up + $N rounds of ctr run --rm true and of ctr task exec, through the wrapper"
   cpu_lifecycle() { # K ROUND
-    local k=$1 i=$2 id=cl-r$1-$2 r0 r1 v
-    echo "$id" >>"$D/ids"; r0=$(cg_usage_ns "$CG/$k/runc")
+    local k=$1 i=$2 id=cl-r$1-$2 r0 r1 v p0
+    echo "$id" >>"$D/ids"; r0=$(cg_usage_ns "$CG/$k/runc"); p0=$(pre_mark "$k")
     if ! timeout 60 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_WRAP[$k]}" "$IMG" "$id" /bin/true \
         </dev/null >/dev/null 2>"$D/last.err"; then
       fail_note "${RT_LABEL[$k]}" "ctr run --rm $id (wrapped)" "$(head -c 300 "$D/last.err")"; force_rm "$id"; return
@@ -429,6 +456,7 @@ if [ $CPU_ACCT != none ]; then
     v=$(shim_cpu_ms "$k" "$id"); r1=$(cg_usage_ns "$CG/$k/runc")
     if [[ $i != w* ]]; then
       rec cpu_lc "$k" "$v"; rec runc_lc "$k" "$(ms_of_ns $((r1 - r0)))"; rec delcalls "$k" "$(grep -cx "$id delete" "$D/wrap.log")"
+      rec_net cpu_lc "$k" "$v" "$(pre_since "$k" "$p0")"
     fi
     rmdir "$CG/$k/$id" 2>/dev/null
   }
@@ -442,12 +470,13 @@ if [ $CPU_ACCT != none ]; then
   sleep 0.5
   for ((i = 0; i <= N; i++)); do   # round 0 is a warm-up
     for k in $(rotate "$i" "${RUNS[@]}"); do
-      s0=$(cg_usage_ns "$CG/$k/ce-r$k"); r0=$(cg_usage_ns "$CG/$k/runc")
+      s0=$(cg_usage_ns "$CG/$k/ce-r$k"); r0=$(cg_usage_ns "$CG/$k/runc"); p0=$(pre_mark "$k")
       timeout 30 ctr -a "$SOCK" -n "$NS" tasks exec --fifo-dir "$D/fifo" --exec-id "c$i" "ce-r$k" /bin/true \
         </dev/null >/dev/null 2>"$D/last.err" || { fail_note "${RT_LABEL[$k]}" "ctr task exec c$i (wrapped)" "$(head -c 300 "$D/last.err")"; continue; }
       sleep 0.05   # let the shim finish publishing the exec's events
       s1=$(cg_usage_ns "$CG/$k/ce-r$k"); r1=$(cg_usage_ns "$CG/$k/runc")
-      [ $i = 0 ] || { rec cpu_ex "$k" "$(ms_of_ns $((s1 - s0)))"; rec runc_ex "$k" "$(ms_of_ns $((r1 - r0)))"; }
+      [ $i = 0 ] || { rec cpu_ex "$k" "$(ms_of_ns $((s1 - s0)))"; rec runc_ex "$k" "$(ms_of_ns $((r1 - r0)))"
+                      rec_net cpu_ex "$k" "$(ms_of_ns $((s1 - s0)))" "$(pre_since "$k" "$p0")"; }
     done
   done
   for k in "${!RT_SPEC[@]}"; do force_rm "ce-r$k"; check_shims_gone "$k" "ce-r$k"; done
@@ -521,8 +550,43 @@ inner_mib_s() { # BYTES ERRFILE: rate from the container's own timestamps
   [ -n "$t" ] && mib_s "$1" "$(echo "$t" | cut -d' ' -f2)" "$(echo "$t" | cut -d' ' -f3)"
 }
 log "4. stdio: $REPS x a container writing $TP_MIB MiB to ctr > /dev/null; $REPS x $ST_MIB MiB through cat"
+# The relay floor: what a copy that holds both ends and delays no output costs at the least. It
+# splices its stdin to its stdout, blocking, so it wakes once per write of its writer or read
+# of its reader (no epoll), with pipes of 256 KiB as the shim's; at EOF it appends its own CPU
+# (us) to a file. Around it, `dd bs=32k` stands for ctr, whose io.Copy moves 32 KiB at a time:
+# a reader that small wakes the writer of a full pipe once per read, relay or shim alike.
+RELAY=
+cat >"$D/relay.c" <<'EOF'
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/resource.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+  fcntl(0, F_SETPIPE_SZ, 256 << 10);
+  fcntl(1, F_SETPIPE_SZ, 256 << 10);
+  while (splice(0, NULL, 1, NULL, 1 << 20, SPLICE_F_MOVE) > 0) {}
+  struct rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  FILE *f = argc > 1 ? fopen(argv[1], "a") : NULL;
+  if (f) {
+    fprintf(f, "%ld\n", (long)(u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000L + u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+    fclose(f);
+  }
+  return 0;
+}
+EOF
+command -v cc >/dev/null && cc -O2 -o "$D/relay" "$D/relay.c" 2>/dev/null && RELAY=$D/relay
+[ -n "$RELAY" ] || log "no C compiler: the relay floors are n/a"
 for ((r = 1; r <= REPS; r++)); do
-  for s in $(rotate "$r" "${RUNS[@]}" F F2); do
+  for s in $(rotate "$r" "${RUNS[@]}" F F2 ${RELAY:+FR}); do
+    if [ "$s" = FR ]; then   # floor: dd | relay | dd bs=32k (ctr), and the relay's CPU per GiB
+      : >"$D/relay.cpu"; a=$EPOCHREALTIME
+      "$BUSYBOX" dd if=/dev/zero bs=$BS count=$TP_CNT 2>/dev/null | "$RELAY" "$D/relay.cpu" \
+        | "$BUSYBOX" dd bs=32768 of=/dev/null 2>/dev/null
+      rec tp floorR "$(mib_s "$TP_BYTES" "$a" "$EPOCHREALTIME")"
+      rec cpu_gib floorR "$(awk -v m="$TP_MIB" '{printf "%.3f", $1 / 1000 * 1024 / m}' "$D/relay.cpu")"; continue
+    fi
     if [ "$s" = F ] || [ "$s" = F2 ]; then   # floors: dd | cat (one copy), dd | cat | cat (two: shim, ctr)
       a=$EPOCHREALTIME
       if [ "$s" = F ]; then "$BUSYBOX" dd if=/dev/zero bs=$BS count=$TP_CNT 2>/dev/null | cat >/dev/null
@@ -539,7 +603,13 @@ for ((r = 1; r <= REPS; r++)); do
       fi
     else fail_note "${RT_LABEL[$s]}" "stdout $id" "$(grep -v '^shimbench-t' "$D/tp.err" | head -c 300)"; force_rm "$id"; fi
   done
-  for s in $(rotate "$r" "${RUNS[@]}" F); do
+  for s in $(rotate "$r" "${RUNS[@]}" F ${RELAY:+FR}); do
+    if [ "$s" = FR ]; then   # floor with ctr's and the shim's hops: dd | ctr | relay | cat | relay | ctr | wc -c
+      a=$EPOCHREALTIME
+      "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | "$BUSYBOX" dd bs=32768 2>/dev/null | "$RELAY" \
+        | cat | "$RELAY" | "$BUSYBOX" dd bs=32768 2>/dev/null | wc -c >/dev/null
+      rec st floorR "$(mib_s "$ST_BYTES" "$a" "$EPOCHREALTIME")"; continue
+    fi
     if [ "$s" = F ]; then
       a=$EPOCHREALTIME; "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | cat | wc -c >/dev/null
       rec st floor "$(mib_s "$ST_BYTES" "$a" "$EPOCHREALTIME")"; continue
@@ -616,9 +686,15 @@ ROWS=(
   "exec|p90|1|ctr task exec true: latency, p90|ms|floor"
   "cpu_lc|med|2|shim CPU per lifecycle (start+daemon+delete), median|ms|"
   "cpu_lc|p90|2|shim CPU per lifecycle, p90|ms|"
+  "cpu_lc_net|med|2|shim CPU per lifecycle, less the runc wrapper's, median|ms|"
+  "cpu_lc_wrap|med|2|  of which the runc wrapper's start, per lifecycle|ms|"
+  "cpu_lc_calls|mean|1|  runc calls per lifecycle|#|"
   "runc_lc|med|1|runc CPU per lifecycle (not in shim CPU), median|ms|"
   "delcalls|mean|2|'shim delete' calls per lifecycle (by containerd)|#|"
   "cpu_ex|med|2|shim CPU per exec, median|ms|"
+  "cpu_ex_net|med|2|shim CPU per exec, less the runc wrapper's, median|ms|"
+  "cpu_ex_wrap|med|2|  of which the runc wrapper's start, per exec|ms|"
+  "cpu_ex_calls|mean|1|  runc calls per exec|#|"
   "runc_ex|med|1|runc CPU per exec (not in shim CPU), median|ms|"
   "mem1_rss|val|2|1 idle shim: RSS|MiB|"
   "mem1_pss|val|2|1 idle shim: PSS|MiB|"
@@ -630,9 +706,11 @@ ROWS=(
   "memN_np|val|0|$IDLE_N idle containers: shim processes|#|"
   "idle_cpu|val|2|idle shim CPU, per shim per minute|ms|"
   "tp|med|0|stdout $TP_MIB MiB: throughput (timed in container)|MiB/s|floor"
+  "tp|med|0|stdout, against the relay floor (see below)|MiB/s|floorR"
   "cpu_tp|med|1|stdout $TP_MIB MiB: shim CPU for the whole run|ms|"
-  "cpu_gib|med|0|stdout: shim CPU per GiB|ms|"
+  "cpu_gib|med|0|stdout: shim CPU per GiB (floor: the relay's)|ms|floorR"
   "st|med|0|stdin $ST_MIB MiB through cat (timed in container)|MiB/s|floor"
+  "st|med|0|stdin, against the relay floor (see below)|MiB/s|floorR"
   "cpu_st|med|1|stdin $ST_MIB MiB: shim CPU for the whole run|ms|"
   "st_ok|sum|0|stdin runs with every byte back (of $REPS)|#|"
   "scale1_start|val|1|$SCALE_N idle containers, a shim each: time to start all|s|"
@@ -701,8 +779,12 @@ extra_row() { # LABEL UNIT VALUE...: a row without ratios
   echo "  containerd's default spec (no containerd, no shim, no overlay mount; run -d + kill --all + wait + delete);"
   echo "  stdout: busybox dd | cat > /dev/null; dd | cat | cat (two copies, like shim + ctr) = $(value_of tp floor2 med 0) MiB/s;"
   echo "  stdin: dd | cat | wc -c. Latencies include starting ctr (a Go client, the same for every runtime)."
+  echo "  relay floors: the shim's hops done by a C program that splices stdin to stdout (blocking, 256 KiB"
+  echo "  pipes), ctr's by dd bs=32k: stdout dd | relay | dd (and the relay's own CPU per GiB);"
+  echo "  stdin dd | dd | relay | cat | relay | dd | wc -c."
   echo "shim CPU: the shim's start copy + daemon + containerd's 'shim delete' call, per-container cpuacct cgroup;"
-  echo "  runc and the container are not counted; the runc wrapper's start before it moves is ($WRAP_KIND wrapper)."
+  echo "  runc and the container are not counted; the runc wrapper's start before it moves is ($WRAP_KIND wrapper);"
+  echo "  'less the runc wrapper's': minus the CPU each wrapper run had used when it moved (its own clock)."
   for k in "${!RT_SPEC[@]}"; do
     [ -s "$RES/outlived.$k" ] && echo "${RT_LABEL[$k]}: shims that outlived their container: $(sort -u "$RES/outlived.$k" | xargs)"
   done
