@@ -2,8 +2,9 @@
 //! Every test runs for our shim and for containerd's Go shim (io.containerd.runc.v2): the same
 //! assertions hold on both, so they test containerd's contract, not our quirks.
 //!
-//! A custom harness (one private containerd for the whole binary, cleanup guaranteed after each
-//! test); arguments that are not flags filter tests by name.
+//! A custom harness (one private containerd per line, cleanup guaranteed after each test; the
+//! tests that mostly wait run first, at once, each on a containerd of its own); arguments that
+//! are not flags filter tests by name.
 
 #[path = "e2e/bootstrap.rs"]
 mod bootstrap;
@@ -291,6 +292,10 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
     }
 }
 
+/// Tests that mostly wait: they run all at once, each on a containerd of its own, before the
+/// lines (the runner's `run_together`).
+const TOGETHER: &[&str] = &["containerd_down_90s_loses_no_exit"];
+
 fn main() {
-    runner::main(TESTS, DEFAULT_LINES, not_supported);
+    runner::main(TESTS, DEFAULT_LINES, TOGETHER, not_supported);
 }

@@ -187,8 +187,18 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(line: &Line) -> Result<Containerd, String> {
+        Containerd::start_in(line, "")
+    }
+
+    /// A daemon of `line` beside another of the same line: `apart` tells their directories
+    /// (and so their sockets) apart.
+    pub fn start_apart(line: &Line, apart: &str) -> Result<Containerd, String> {
+        Containerd::start_in(line, &format!("-{apart}"))
+    }
+
+    fn start_in(line: &Line, suffix: &str) -> Result<Containerd, String> {
         let base = PathBuf::from(format!(
-            "/tmp/shim-e2e-{}-{}",
+            "/tmp/shim-e2e-{}-{}{suffix}",
             std::process::id(),
             line.tag()
         ));

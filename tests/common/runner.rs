@@ -13,10 +13,12 @@ pub type NotSupported = fn(&str, &str, &str) -> Option<String>;
 pub const RUNTIMES: &[&str] = &[OURS, GO_SHIM];
 
 /// Runs the tests named on the command line (all when none is), on the lines
-/// CONTAINERD_VERSIONS names (else `default_lines`), and exits with the outcome.
+/// CONTAINERD_VERSIONS names (else `default_lines`), and exits with the outcome. The tests
+/// named in `together` run first, at once (see `run_together`).
 pub fn main(
     tests: &'static [(&'static str, Test)],
     default_lines: &str,
+    together: &[&str],
     not_supported: NotSupported,
 ) {
     let filters: Vec<String> = std::env::args()
@@ -46,8 +48,13 @@ pub fn main(
     if let Err(e) = check_prerequisites() {
         report.fail(format!("prerequisites: {e}"));
     } else {
+        let plan = Plan {
+            together,
+            not_supported,
+        };
+        run_together(&lines, &selected, &plan, &mut report);
         for line in &lines {
-            run_line(line, &selected, not_supported, &mut report);
+            run_line(line, &selected, &plan, &mut report);
         }
     }
     std::process::exit(report.finish(tests, &lines));
@@ -145,13 +152,147 @@ fn short(runtime: &str) -> &'static str {
     }
 }
 
-/// Every selected test, for our shim and the line's Go shim, on one private containerd.
-fn run_line(
-    line: &str,
-    selected: &[&(&str, Test)],
+/// Which test runs where: what a line cannot run, and what runs with the others that mostly
+/// wait.
+struct Plan<'a> {
+    together: &'a [&'a str],
     not_supported: NotSupported,
+}
+
+impl Plan<'_> {
+    /// Whether `test` runs on `line` for `runtime` in `run_together`, not with its line. A
+    /// crun line is never run there: its tests find crun through the runner's own PATH, which
+    /// threads cannot each set.
+    fn runs_together(&self, test: &str, line: &str, runtime: &str) -> bool {
+        self.together.contains(&test)
+            && !line.contains('+')
+            && (self.not_supported)(test, line, runtime).is_none()
+    }
+}
+
+/// One test run in `run_together`.
+struct Job<'a> {
+    name: &'static str,
+    test: Test,
+    line: &'a Line,
+    runtime: &'static str,
+}
+
+/// Runs the tests that spend most of their time waiting (containerd kept down for a minute and
+/// a half), on every line and for both runtimes, all at once, before anything else: each on a
+/// containerd of its own, so their waits overlap instead of adding up. No test is checked for
+/// leftovers until every one has finished, and then one at a time: the host-wide places the
+/// check reads (shim sockets, runc's root) do not say whose an entry is, so a check made while
+/// another test runs would take that test's containers for leftovers. A leftover is still
+/// found, though it may be reported under another test of this group.
+fn run_together(
+    lines: &[&str],
+    selected: &[&(&'static str, Test)],
+    plan: &Plan,
     report: &mut Report,
 ) {
+    let mut provided = Vec::new();
+    for line in lines {
+        let wanted = selected.iter().any(|(name, _)| {
+            RUNTIMES
+                .iter()
+                .any(|runtime| plan.runs_together(name, line, runtime))
+        });
+        if wanted {
+            match Line::provide(line) {
+                Ok(l) => provided.push(l),
+                Err(e) => report.fail(format!("containerd {line}: cannot provide: {e}")),
+            }
+        }
+    }
+    let mut jobs = Vec::new();
+    for line in &provided {
+        for runtime in RUNTIMES {
+            for (name, test) in selected {
+                if plan.runs_together(name, &line.label(), runtime) {
+                    jobs.push(Job {
+                        name,
+                        test: *test,
+                        line,
+                        runtime,
+                    });
+                }
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return;
+    }
+    println!(
+        "== {} tests at once, each on a containerd of its own",
+        jobs.len()
+    );
+    let started = std::time::Instant::now();
+    let finished = std::sync::Barrier::new(jobs.len());
+    let checks = std::sync::Mutex::new(());
+    let run = |job: &Job, n: usize| -> TestResult {
+        let mut daemon = Containerd::start_apart(job.line, &format!("together{n}"));
+        let mut ctx = match &mut daemon {
+            Ok(d) => Ctx::new(d, job.name, job.runtime),
+            Err(e) => Err(format!("containerd cannot start: {e}")),
+        };
+        let outcome = match &mut ctx {
+            Ok(ctx) => run_watched(ctx, job.test),
+            Err(e) => Err(e.clone()),
+        };
+        finished.wait();
+        let _turn = checks.lock().unwrap_or_else(|p| p.into_inner());
+        match &mut ctx {
+            Ok(ctx) => outcome.and(ctx.clean_and_check()),
+            Err(_) => outcome,
+        }
+    };
+    let outcomes: Vec<(TestResult, f64)> = std::thread::scope(|s| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .enumerate()
+            .map(|(n, job)| {
+                let run = &run;
+                s.spawn(move || {
+                    let t0 = std::time::Instant::now();
+                    let outcome = run(job, n);
+                    (outcome, t0.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| (Err("the test's thread panicked".into()), 0.0))
+            })
+            .collect()
+    });
+    for (job, (outcome, took)) in jobs.iter().zip(outcomes) {
+        let line = job.line.label();
+        let label = format!("{} [{} @ containerd {line}]", job.name, job.runtime);
+        match outcome {
+            Ok(()) => {
+                report.passed += 1;
+                report.record(job.name, &line, job.runtime, Outcome::Passed);
+                println!("test {label} ... ok ({took:.1}s)");
+            }
+            Err(e) => {
+                report.record(job.name, &line, job.runtime, Outcome::Failed);
+                report.fail(format!("{label}\n    {e}"));
+            }
+        }
+    }
+    println!(
+        "== {} tests at once: {:.0}s",
+        jobs.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// Every selected test, for our shim and the line's Go shim, on one private containerd; those
+/// `run_together` ran are left out.
+fn run_line(line: &str, selected: &[&(&str, Test)], plan: &Plan, report: &mut Report) {
     let started = std::time::Instant::now();
     let daemon = Line::provide(line).and_then(|l| Containerd::start(&l));
     let mut daemon = match daemon {
@@ -171,7 +312,10 @@ fn run_line(
     for runtime in RUNTIMES {
         for (name, test) in selected {
             let label = format!("{name} [{runtime} @ containerd {line}]");
-            if let Some(why) = not_supported(name, line, runtime) {
+            if plan.runs_together(name, line, runtime) {
+                continue;
+            }
+            if let Some(why) = (plan.not_supported)(name, line, runtime) {
                 println!("test {label} ... not run: {why}");
                 report.not_run.push(format!("{label}: {why}"));
                 report.record(name, line, runtime, Outcome::NotRun);
@@ -216,6 +360,13 @@ fn test_limit() -> Duration {
 
 fn run_one(daemon: &mut Containerd, name: &str, runtime: &'static str, test: Test) -> TestResult {
     let mut ctx = Ctx::new(daemon, name, runtime)?;
+    let outcome = run_watched(&mut ctx, test);
+    let cleanup = ctx.clean_and_check();
+    outcome.and(cleanup)
+}
+
+/// Runs `test` under the time limit; its leftovers are not checked here.
+fn run_watched(ctx: &mut Ctx, test: Test) -> TestResult {
     let (done, finished) = std::sync::mpsc::channel::<()>();
     let limit = test_limit();
     let watchdog = {
@@ -233,16 +384,14 @@ fn run_one(daemon: &mut Containerd, name: &str, runtime: &'static str, test: Tes
             expired
         })
     };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&mut ctx)))
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(ctx)))
         .unwrap_or_else(|_| Err("test panicked".into()));
     let _ = done.send(());
-    let outcome = match watchdog.join() {
+    match watchdog.join() {
         Ok(true) => Err(format!(
             "took longer than {limit:?}: its processes were killed ({})",
             outcome.err().unwrap_or_default()
         )),
         _ => outcome,
-    };
-    let cleanup = ctx.clean_and_check();
-    outcome.and(cleanup)
+    }
 }

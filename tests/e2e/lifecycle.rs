@@ -251,7 +251,7 @@ fn exits_while_containerd_is_down(ctx: &mut Ctx, gate: &std::path::Path) -> Test
         gate.display()
     );
     let waiting = |file: &str, code: usize| {
-        format!("until [ -e /gate/{file} ]; do sleep 0.1; done; exit {code}")
+        format!("until [ -e /gate/{file} ]; do sleep 1; done; exit {code}")
     };
     let mut inits = Vec::new();
     for i in 0..CONTAINERS_DOWN {
