@@ -224,7 +224,7 @@ async fn serve(flags: &Flags, default_options: options::RuntimeOptions) -> Resul
     let listener =
         tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
     let mut server = ttrpc::r#async::Server::new()
-        .add_listener(listener.into())
+        .add_listener(crate::conn::listener(listener))
         .register_service(task_services(Arc::new(TaskService(service)), &idle));
     server
         .start()

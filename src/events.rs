@@ -5,6 +5,7 @@
 //! drops it. The queue is bounded by count, so a containerd gone for good cannot make the shim
 //! grow without end.
 
+use crate::conn::Conn;
 use crate::protos::forward::{Envelope, ForwardRequest};
 use crate::protos::forward_ttrpc::EventsClient;
 use crate::protos::FullName;
@@ -223,14 +224,10 @@ async fn send(
     request: &ForwardRequest,
 ) -> Result<(), Failure> {
     if client.is_none() {
-        let addr = if address.starts_with("unix://") {
-            address.to_string()
-        } else {
-            format!("unix://{address}")
-        };
-        let c = ttrpc::r#async::Client::connect(&addr)
-            .await
-            .map_err(|e| Failure::Away(format!("connect {addr}: {e}")))?;
+        let path = address.strip_prefix("unix://").unwrap_or(address);
+        let conn = Conn::connect(std::path::Path::new(path))
+            .map_err(|e| Failure::Away(format!("connect {path}: {e}")))?;
+        let c = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(conn));
         *client = Some(EventsClient::new(c));
     }
     let Some(c) = client.as_ref() else {

@@ -4,6 +4,7 @@ pub mod bootstrap;
 pub mod cgroups;
 pub mod cleanup;
 pub mod cli;
+pub mod conn;
 pub mod container;
 pub mod daemon;
 pub mod error;
