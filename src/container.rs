@@ -189,7 +189,7 @@ impl Container {
         self.runc
             .create(&self.id, &self.bundle, &opts, child_stdio)
             .await?;
-        let pid = blocking(move || read_pid(&pid_file)).await?;
+        let pid = read_pid(&pid_file)?;
         self.init.set_pid(pid);
         self.found_init(pid);
         self.init.set_io(opened.start(&self.id)?);
@@ -364,8 +364,7 @@ impl Container {
             *self.restore_slot() = Some(restore);
             return Err(e);
         }
-        let pid_file = restore.opts.pid_file.clone();
-        let pid = blocking(move || read_pid(&pid_file)).await?;
+        let pid = read_pid(&restore.opts.pid_file)?;
         self.init.set_pid(pid);
         self.found_init(pid);
         self.init.set_io(opened.start(&self.id)?);
@@ -478,12 +477,8 @@ impl Container {
         };
         let ran = self.runc.exec(&self.id, &opts, child_stdio).await;
         drop(spec_file);
-        let pid = blocking(move || {
-            let pid = read_pid(&pid_file);
-            let _ = std::fs::remove_file(&pid_file);
-            pid
-        })
-        .await;
+        let pid = read_pid(&pid_file);
+        let _ = std::fs::remove_file(&pid_file);
         ran?;
         let pid = pid?;
         process.set_pid(pid);
@@ -801,6 +796,10 @@ pub fn read_options(bundle: &Path) -> RuntimeOptions {
         .unwrap_or_default()
 }
 
+/// Reads the pid runc wrote. On this thread, unlike the bundle's other file work: runc has just
+/// written the file in that directory and renamed it into place, so the filesystem answers,
+/// and the file is in the page cache; the blocking pool would cost a thread's wake-up and
+/// the runtime's, per process started.
 pub fn read_pid(path: &Path) -> Result<i32> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::Internal(format!("failed to read pid file {}: {e}", path.display())))?;

@@ -51,7 +51,7 @@ fn run_logged(flags: &Flags) -> Result<(), String> {
             std::io::Error::last_os_error()
         ));
     }
-    // Blocking-pool threads (file writes, pid files, mounts) end after a second without work
+    // Blocking-pool threads (file writes, mounts) end after a second without work
     // instead of tokio's ten: an idle shim is then one thread, with no stack or malloc arena
     // of a helper kept resident, and no thread exit to wake for long after the last request.
     let runtime = tokio::runtime::Builder::new_current_thread()
