@@ -292,9 +292,12 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
     }
 }
 
-/// Tests that mostly wait: they run all at once, each on a containerd of its own, before the
-/// lines (the runner's `run_together`).
-const TOGETHER: &[&str] = &["containerd_down_90s_loses_no_exit"];
+/// Tests that mostly wait (containerd kept down, a healthcheck watched for 40 s): they run all
+/// at once, each on a containerd of its own, before the lines (the runner's `run_together`).
+const TOGETHER: &[&str] = &[
+    "containerd_down_90s_loses_no_exit",
+    "docker_healthchecks_stay_healthy_without_growth",
+];
 
 fn main() {
     runner::main(TESTS, DEFAULT_LINES, TOGETHER, not_supported);

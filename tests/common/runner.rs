@@ -230,7 +230,9 @@ fn run_together(
     let started = std::time::Instant::now();
     let finished = std::sync::Barrier::new(jobs.len());
     let checks = std::sync::Mutex::new(());
-    let run = |job: &Job, n: usize| -> TestResult {
+    // A test's time is its own: the wait for the others to finish is left out.
+    let run = |job: &Job, n: usize| -> (TestResult, f64) {
+        let t0 = std::time::Instant::now();
         let mut daemon = Containerd::start_apart(job.line, &format!("together{n}"));
         let mut ctx = match &mut daemon {
             Ok(d) => Ctx::new(d, job.name, job.runtime),
@@ -240,12 +242,15 @@ fn run_together(
             Ok(ctx) => run_watched(ctx, job.test),
             Err(e) => Err(e.clone()),
         };
+        let ran = t0.elapsed();
         finished.wait();
         let _turn = checks.lock().unwrap_or_else(|p| p.into_inner());
-        match &mut ctx {
+        let t1 = std::time::Instant::now();
+        let outcome = match &mut ctx {
             Ok(ctx) => outcome.and(ctx.clean_and_check()),
             Err(_) => outcome,
-        }
+        };
+        (outcome, (ran + t1.elapsed()).as_secs_f64())
     };
     let outcomes: Vec<(TestResult, f64)> = std::thread::scope(|s| {
         let handles: Vec<_> = jobs
@@ -253,11 +258,7 @@ fn run_together(
             .enumerate()
             .map(|(n, job)| {
                 let run = &run;
-                s.spawn(move || {
-                    let t0 = std::time::Instant::now();
-                    let outcome = run(job, n);
-                    (outcome, t0.elapsed().as_secs_f64())
-                })
+                s.spawn(move || run(job, n))
             })
             .collect();
         handles
