@@ -12,7 +12,6 @@
 use crate::stdio::console::register;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -44,9 +43,12 @@ impl Conn {
         })
     }
 
-    /// Connects to the socket at `path`.
-    pub fn connect(path: &Path) -> io::Result<Conn> {
-        Conn::new(StdUnixStream::connect(path)?.into())
+    /// Connects to the socket at `path` without blocking the thread: a connect to a containerd
+    /// too busy to accept (its backlog full) fails at once (WouldBlock), and the caller tries
+    /// again later, while the shim serves on.
+    pub async fn connect(path: &Path) -> io::Result<Conn> {
+        let stream = tokio::net::UnixStream::connect(path).await?;
+        Conn::new(stream.into_std()?.into())
     }
 
     /// Moves buffered bytes into `out`.
@@ -73,6 +75,9 @@ impl AsyncRead for Conn {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         if this.start < this.end {
             this.take_ahead(out);
             return Poll::Ready(Ok(()));
@@ -193,6 +198,7 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
+    use std::os::unix::net::UnixStream as StdUnixStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// The epoll event masks under which descriptor `fd` of this process is registered, read
@@ -222,12 +228,38 @@ mod tests {
         (0..4096).filter(|&n| link(n) == target).collect()
     }
 
-    /// The descriptors open on the file of `fd` that are registered to wait for room.
-    fn waiting_for_room(fd: i32) -> Vec<i32> {
-        same_file(fd)
-            .into_iter()
-            .filter(|&n| epoll_masks(n).iter().any(|m| m & OUT != 0))
-            .collect()
+    /// The epoll entries, in any epoll instance of this process, that wait for room on the
+    /// file `fd` is open on: matched by the file's inode, so an entry left behind under a
+    /// descriptor that has since been closed counts too.
+    fn waiting_for_room(fd: i32) -> Vec<String> {
+        let ino = nix::sys::stat::fstat(fd).unwrap().st_ino;
+        let mut waiting = Vec::new();
+        for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
+            let Ok(info) = std::fs::read_to_string(entry.path()) else {
+                continue;
+            };
+            for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let field = |name: &str| {
+                    words
+                        .iter()
+                        .find_map(|w| w.strip_prefix(name))
+                        .and_then(|v| u64::from_str_radix(v, 16).ok())
+                };
+                let events = words
+                    .iter()
+                    .position(|w| *w == "events:")
+                    .and_then(|i| words.get(i + 1))
+                    .and_then(|v| u32::from_str_radix(v, 16).ok());
+                if field("ino:") == Some(ino) && events.is_some_and(|e| e & OUT != 0) {
+                    waiting.push(line.to_string());
+                }
+            }
+        }
+        // An epoll instance that tokio holds under two descriptors lists each entry twice.
+        waiting.sort();
+        waiting.dedup();
+        waiting
     }
 
     const IN: u32 = libc::EPOLLIN as u32;
@@ -276,7 +308,11 @@ mod tests {
         }
         drop(writer.join().unwrap());
         let mut rest = Vec::new();
-        assert_eq!(conn.read_to_end(&mut rest).await.unwrap(), 0);
+        let end = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            conn.read_to_end(&mut rest),
+        );
+        assert_eq!(end.await.expect("the end never came").unwrap(), 0);
     }
 
     #[tokio::test]
@@ -301,7 +337,7 @@ mod tests {
         let waiting = waiting_for_room(fd);
         let _ = tx.send(());
         assert!(
-            waiting.len() == 1 && waiting[0] != fd,
+            waiting.len() == 1 && !waiting[0].starts_with(&format!("tfd: {fd:8} ")),
             "want one duplicate registered for room, have {waiting:?}"
         );
         write.await.unwrap();
@@ -310,5 +346,86 @@ mod tests {
         assert_eq!(same_file(fd), [fd], "the duplicate is still open");
         conn.shutdown().await.unwrap();
         assert!(reader.join().unwrap() == data, "the bytes arrived changed");
+    }
+
+    #[tokio::test]
+    async fn a_connected_conn_carries_both_ways() {
+        let dir = std::env::temp_dir().join(format!("conn-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut conn = Conn::connect(&path).await.unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        conn.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        peer.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ping");
+        peer.write_all(b"pong").unwrap();
+        // A read into no room takes nothing from the socket.
+        assert_eq!(conn.read(&mut []).await.unwrap(), 0);
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int through the pointer, which outlives the call.
+        unsafe { libc::ioctl(conn.socket.as_raw_fd(), libc::FIONREAD, &mut queued) };
+        assert_eq!(
+            queued, 4,
+            "bytes left in the socket after a read into no room"
+        );
+        conn.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connecting_to_a_listener_that_accepts_nothing_more_does_not_block() {
+        use nix::sys::socket::{
+            bind, connect, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        let dir = std::env::temp_dir().join(format!("conn-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let addr = UnixAddr::new(&path).unwrap();
+        let stream = || {
+            socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .unwrap()
+        };
+        let listener = stream();
+        bind(listener.as_raw_fd(), &addr).unwrap();
+        listen(&listener, Backlog::new(0).unwrap()).unwrap();
+        // Connections nobody accepts, until the listener's queue is full.
+        let mut queued = Vec::new();
+        loop {
+            let fd = stream();
+            match connect(fd.as_raw_fd(), &addr) {
+                Ok(()) => queued.push(fd),
+                Err(nix::errno::Errno::EAGAIN) => break,
+                Err(e) => panic!("connect: {e}"),
+            }
+            assert!(queued.len() < 64, "the listener's queue never filled");
+        }
+        // On a thread of its own, so that a connect that blocks fails the test, not hangs it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let target = path.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = tx.send(rt.block_on(Conn::connect(&target)).map(drop));
+        });
+        let got = rx.recv_timeout(std::time::Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&dir);
+        match got {
+            Ok(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}"),
+            Ok(Ok(())) => panic!("connected to a listener whose queue is full"),
+            Err(_) => panic!("the connect blocked the thread for 5 s"),
+        }
+        drop((queued, listener));
     }
 }

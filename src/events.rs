@@ -225,9 +225,20 @@ async fn send(
 ) -> Result<(), Failure> {
     if client.is_none() {
         let path = address.strip_prefix("unix://").unwrap_or(address);
-        let conn = Conn::connect(std::path::Path::new(path))
-            .map_err(|e| Failure::Away(format!("connect {path}: {e}")))?;
-        let c = ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(conn));
+        let c = if path.starts_with('@') {
+            // An abstract socket: ttrpc's own stream, which knows the `@` form.
+            ttrpc::r#async::Client::connect(&format!("unix://{path}"))
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            Conn::connect(std::path::Path::new(path))
+                .await
+                .map(|conn| {
+                    ttrpc::r#async::Client::new(ttrpc::r#async::transport::Socket::new(conn))
+                })
+                .map_err(|e| e.to_string())
+        }
+        .map_err(|e| Failure::Away(format!("connect {path}: {e}")))?;
         *client = Some(EventsClient::new(c));
     }
     let Some(c) = client.as_ref() else {
