@@ -213,6 +213,17 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
              NotFound): a known difference, where ours finishes it"
                 .into(),
         ),
+        // Seen in CI: one of the fifty came back with its exit code and no output.
+        "fifty_concurrent_execs_keep_their_own_output"
+            if runtime == GO_SHIM && line.starts_with("1.6") =>
+        {
+            Some(
+                "containerd 1.6.20's Go shim finishes concurrent execs about one a second (its \
+                 reaper waits 1 s on a busy subscriber, containerd#8557, fixed upstream since), \
+                 and its 2 s wait for an exec's output then drops some: a known difference"
+                    .into(),
+            )
+        }
         "a_23_bootstrap_with_options_and_a_socket_dir_serves_v3"
         | "a_23_bootstrap_without_options_starts_a_task"
         | "a_23_pod_reuses_the_sandbox_shim_without_start"
