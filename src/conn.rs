@@ -201,24 +201,53 @@ mod tests {
     use std::os::unix::net::UnixStream as StdUnixStream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// The epoll event masks under which descriptor `fd` of this process is registered, read
-    /// from every epoll instance's fdinfo.
-    fn epoll_masks(fd: i32) -> Vec<u32> {
-        let mut masks = Vec::new();
+    /// One entry of an epoll instance of this process, from its fdinfo: the watched
+    /// descriptor, the events waited for, the watched file's inode, and the line itself.
+    struct EpollEntry {
+        tfd: i32,
+        events: u32,
+        ino: u64,
+        line: String,
+    }
+
+    /// Every entry of every epoll instance this process holds. An instance that tokio holds
+    /// under two descriptors lists each of its entries twice.
+    fn epoll_entries() -> Vec<EpollEntry> {
+        let mut entries = Vec::new();
         for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
             let Ok(info) = std::fs::read_to_string(entry.path()) else {
                 continue;
             };
-            for line in info.lines() {
-                let mut words = line.split_whitespace();
-                if words.next() == Some("tfd:") && words.next() == Some(&fd.to_string()) {
-                    if let (Some("events:"), Some(hex)) = (words.next(), words.next()) {
-                        masks.push(u32::from_str_radix(hex, 16).unwrap());
-                    }
+            for line in info.lines().filter(|l| l.starts_with("tfd:")) {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let after = |name: &str| {
+                    let at = words.iter().position(|w| *w == name)?;
+                    words.get(at + 1).copied()
+                };
+                let tfd = after("tfd:").and_then(|v| v.parse().ok());
+                let events = after("events:").and_then(|v| u32::from_str_radix(v, 16).ok());
+                let ino = words
+                    .iter()
+                    .find_map(|w| w.strip_prefix("ino:"))
+                    .and_then(|v| u64::from_str_radix(v, 16).ok());
+                if let (Some(tfd), Some(events), Some(ino)) = (tfd, events, ino) {
+                    let line = line.to_string();
+                    entries.push(EpollEntry {
+                        tfd,
+                        events,
+                        ino,
+                        line,
+                    });
                 }
             }
         }
-        masks
+        entries
+    }
+
+    /// The epoll event masks under which descriptor `fd` of this process is registered.
+    fn epoll_masks(fd: i32) -> Vec<u32> {
+        let entries = epoll_entries().into_iter();
+        entries.filter(|e| e.tfd == fd).map(|e| e.events).collect()
     }
 
     /// The descriptors of this process open on the same file as `fd` (itself included).
@@ -233,30 +262,11 @@ mod tests {
     /// descriptor that has since been closed counts too.
     fn waiting_for_room(fd: i32) -> Vec<String> {
         let ino = nix::sys::stat::fstat(fd).unwrap().st_ino;
-        let mut waiting = Vec::new();
-        for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap().flatten() {
-            let Ok(info) = std::fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            for line in info.lines().filter(|l| l.starts_with("tfd:")) {
-                let words: Vec<&str> = line.split_whitespace().collect();
-                let field = |name: &str| {
-                    words
-                        .iter()
-                        .find_map(|w| w.strip_prefix(name))
-                        .and_then(|v| u64::from_str_radix(v, 16).ok())
-                };
-                let events = words
-                    .iter()
-                    .position(|w| *w == "events:")
-                    .and_then(|i| words.get(i + 1))
-                    .and_then(|v| u32::from_str_radix(v, 16).ok());
-                if field("ino:") == Some(ino) && events.is_some_and(|e| e & OUT != 0) {
-                    waiting.push(line.to_string());
-                }
-            }
-        }
-        // An epoll instance that tokio holds under two descriptors lists each entry twice.
+        let mut waiting: Vec<String> = epoll_entries()
+            .into_iter()
+            .filter(|e| e.ino == ino && e.events & OUT != 0)
+            .map(|e| e.line)
+            .collect();
         waiting.sort();
         waiting.dedup();
         waiting
