@@ -24,7 +24,9 @@
 #   2. CPU      shim CPU per lifecycle and per exec: the shim runs through a wrapper that puts it
 #               (start, daemon, containerd's `shim delete`) in a cpuacct cgroup of its own, and
 #               runc in another one, so runc and the container are not counted; rows "less
-#               the runc wrapper's" also take out the wrapper's own exec (see runc_wrapper)
+#               the runc wrapper's" also take out the wrapper's own exec (see runc_wrapper);
+#               then execs 2 s apart, as probes come, each charged what the shim spent until
+#               the next (timers, giving idle memory back and faulting it in again)
 #   3. memory   RSS/PSS/USS (smaps_rollup) of 1 and of N idle shims, and their idle CPU
 #   4. stdio    stdout MiB/s (timed inside the container), stdin round trip through cat,
 #               against pipe floors and a splice relay standing in for the shim's hops
@@ -77,8 +79,9 @@ if [ "${SHIMBENCH_REAPER:-}" != "$PPID" ]; then
   exec python3 "$HERE/reaper.py" bash "${BASH_SOURCE[0]}" "${ARGS[@]}"
 fi
 
-if [ $QUICK = 1 ]; then N=10; WARM=1; IDLE_N=5; IDLE_S=3; TP_MIB=256; ST_MIB=64; REPS=2; SCALE_N=20; PODS=4; MODE=quick
-else N=30; WARM=2; IDLE_N=20; IDLE_S=10; TP_MIB=1024; ST_MIB=256; REPS=5; SCALE_N=200; PODS=40; MODE=full; fi
+if [ $QUICK = 1 ]; then N=10; WARM=1; IDLE_N=5; IDLE_S=3; TP_MIB=256; ST_MIB=64; REPS=2; SCALE_N=20; PODS=4; PROBE_N=3; MODE=quick
+else N=30; WARM=2; IDLE_N=20; IDLE_S=10; TP_MIB=1024; ST_MIB=256; REPS=5; SCALE_N=200; PODS=40; PROBE_N=8; MODE=full; fi
+PROBE_S=2     # seconds between the spaced execs of section 2
 SCALE_N=${SHIMBENCH_SCALE_N:-$SCALE_N}; PODS=${SHIMBENCH_PODS:-$PODS}; POD_SIZE=5
 N=${SHIMBENCH_N:-$N}; IDLE_N=${SHIMBENCH_IDLE_N:-$IDLE_N}; REPS=${SHIMBENCH_REPS:-$REPS}
 TP_MIB=${SHIMBENCH_TP_MIB:-$TP_MIB}; ST_MIB=${SHIMBENCH_ST_MIB:-$ST_MIB}
@@ -479,6 +482,26 @@ if [ $CPU_ACCT != none ]; then
                       rec_net cpu_ex "$k" "$(ms_of_ns $((s1 - s0)))" "$(pre_since "$k" "$p0")"; }
     done
   done
+  # An exec every PROBE_S seconds, as Kubernetes' exec probes come: the shim's CPU from just
+  # before one exec to just before the next, so what it does in between counts too (a timer,
+  # giving back idle memory and faulting it in again at the next exec, a garbage collection).
+  log "   then $PROBE_N execs $PROBE_S s apart"
+  declare -A pr0=() pp0=()
+  for ((i = 0; i <= PROBE_N; i++)); do
+    for k in $(rotate "$i" "${RUNS[@]}"); do
+      s1=$(cg_usage_ns "$CG/$k/ce-r$k")
+      if [ -n "${pr0[$k]:-}" ]; then
+        rec cpu_pr "$k" "$(ms_of_ns $((s1 - pr0[$k])))"
+        rec_net cpu_pr "$k" "$(ms_of_ns $((s1 - pr0[$k])))" "$(pre_since "$k" "${pp0[$k]}")"
+      fi
+      pr0[$k]=$s1; pp0[$k]=$(pre_mark "$k")
+      [ "$i" = "$PROBE_N" ] && continue
+      timeout 30 ctr -a "$SOCK" -n "$NS" tasks exec --fifo-dir "$D/fifo" --exec-id "p$i" "ce-r$k" /bin/true \
+        </dev/null >/dev/null 2>"$D/last.err" \
+        || { fail_note "${RT_LABEL[$k]}" "ctr task exec p$i (wrapped)" "$(head -c 300 "$D/last.err")"; unset "pr0[$k]"; }
+    done
+    [ "$i" = "$PROBE_N" ] || sleep "$PROBE_S"
+  done
   for k in "${!RT_SPEC[@]}"; do force_rm "ce-r$k"; check_shims_gone "$k" "ce-r$k"; done
 else
   log "2. shim CPU: skipped (no usable cpuacct cgroup)"
@@ -696,6 +719,8 @@ ROWS=(
   "cpu_ex_wrap|med|2|  of which the runc wrapper's start, per exec|ms|"
   "cpu_ex_calls|mean|1|  runc calls per exec|#|"
   "runc_ex|med|1|runc CPU per exec (not in shim CPU), median|ms|"
+  "cpu_pr|med|2|shim CPU per exec, one every $PROBE_S s (as probes), median|ms|"
+  "cpu_pr_net|med|2|the same, less the runc wrapper's, median|ms|"
   "mem1_rss|val|2|1 idle shim: RSS|MiB|"
   "mem1_pss|val|2|1 idle shim: PSS|MiB|"
   "mem1_uss|val|2|1 idle shim: USS (private)|MiB|"
