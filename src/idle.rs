@@ -40,30 +40,29 @@ impl Idle {
     /// the first quiet second of all). Between a release and the next activity it sleeps
     /// without a timer, so an idle shim never wakes.
     pub async fn run(&self, mut release: impl FnMut()) {
-        let mut released_at = None;
-        let mut last_release: Option<tokio::time::Instant> = None;
+        // The activity count the last release followed, and when it was.
+        let mut released: Option<(u64, tokio::time::Instant)> = None;
         let mut quiet = QUIET;
         loop {
-            while released_at == Some(self.activity.load(Ordering::Relaxed)) {
+            while released.map(|(seen, _)| seen) == Some(self.activity.load(Ordering::Relaxed)) {
                 self.woken.notified().await;
             }
-            if let Some(at) = last_release {
+            if let Some((_, at)) = released {
                 quiet = if at.elapsed() < HELD {
                     (quiet * 2).min(QUIET_MAX)
                 } else {
                     QUIET
                 };
             }
-            loop {
+            let seen = loop {
                 let seen = self.activity.load(Ordering::Relaxed);
                 tokio::time::sleep(quiet).await;
                 if self.activity.load(Ordering::Relaxed) == seen {
-                    released_at = Some(seen);
-                    break;
+                    break seen;
                 }
-            }
+            };
             release();
-            last_release = Some(tokio::time::Instant::now());
+            released = Some((seen, tokio::time::Instant::now()));
         }
     }
 }

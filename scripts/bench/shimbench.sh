@@ -491,8 +491,7 @@ if [ $CPU_ACCT != none ]; then
     for k in $(rotate "$i" "${RUNS[@]}"); do
       s1=$(cg_usage_ns "$CG/$k/ce-r$k")
       if [ -n "${pr0[$k]:-}" ]; then
-        rec cpu_pr "$k" "$(ms_of_ns $((s1 - pr0[$k])))"
-        rec_net cpu_pr "$k" "$(ms_of_ns $((s1 - pr0[$k])))" "$(pre_since "$k" "${pp0[$k]}")"
+        v=$(ms_of_ns $((s1 - pr0[$k]))); rec cpu_pr "$k" "$v"; rec_net cpu_pr "$k" "$v" "$(pre_since "$k" "${pp0[$k]}")"
       fi
       pr0[$k]=$s1; pp0[$k]=$(pre_mark "$k")
       [ "$i" = "$PROBE_N" ] && continue
