@@ -1,36 +1,147 @@
 //! Moving bytes between two pipes (a runc pipe and a client FIFO) with splice(2), so each byte
 //! is copied once, inside the kernel (invariant 7).
 
+use super::relay::Relay;
 use nix::fcntl::{splice, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::Poll;
+use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-const CHUNK: usize = 1 << 20;
+pub(super) const CHUNK: usize = 1 << 20;
 
 /// Copies from `src` to `dst` until `src` reports end of file, then closes both (so the reader
 /// of `dst` sees the end too); returns the bytes moved and adds them to `progress` as they go.
 /// Both must be non-blocking pipes or FIFOs. This is a client's input going to a process,
 /// which mostly reads as fast as the client writes: see `Stall`.
-pub async fn splice_all(src: OwnedFd, dst: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
-    let src = register(src, Interest::READABLE)?;
-    let dst = register(dst, Interest::WRITABLE)?;
-    splice_loop(&src, &dst, progress, Stall::WaitForEither).await
+pub async fn splice_all(src: OwnedFd, dst: OwnedFd, progress: &Arc<AtomicU64>) -> io::Result<u64> {
+    copy(src, dst, progress, Stall::WaitForEither, Busy::new())
+        .await
+        .map(|copied| copied.bytes)
 }
 
 /// As `splice_all`, into a client's output FIFO, which is kept open until its reader has taken
 /// what is in it: a FIFO's bytes vanish when its last holder closes it, and the client may not
 /// have opened its end yet (a busy `ctr exec` opens it late).
-pub async fn splice_to_fifo(src: OwnedFd, fifo: OwnedFd, progress: &AtomicU64) -> io::Result<u64> {
-    let src = register(src, Interest::READABLE)?;
-    let dst = register(fifo, Interest::WRITABLE)?;
-    let total = splice_loop(&src, &dst, progress, Stall::Ask).await?;
-    until_read(dst.get_ref()).await;
-    Ok(total)
+pub async fn splice_to_fifo(
+    src: OwnedFd,
+    fifo: OwnedFd,
+    progress: &Arc<AtomicU64>,
+) -> io::Result<u64> {
+    let copied = copy(src, fifo, progress, Stall::Ask, Busy::new()).await?;
+    until_read(&copied.dst).await;
+    Ok(copied.bytes)
+}
+
+/// What a finished copy leaves.
+struct Copied {
+    bytes: u64,
+    dst: OwnedFd,
+    /// Whether the copy moved to a thread of its own on the way.
+    #[cfg_attr(not(test), allow(dead_code))] // what the tests check
+    relayed: bool,
+}
+
+/// Copies in the event loop until the stream turns busy (`busy`), then on a thread of its own
+/// (`relay`), or on here when no thread can be had.
+async fn copy(
+    src: OwnedFd,
+    dst: OwnedFd,
+    progress: &Arc<AtomicU64>,
+    stall: Stall,
+    mut busy: Busy,
+) -> io::Result<Copied> {
+    let (src, dst) = (
+        register(src, Interest::READABLE)?,
+        register(dst, Interest::WRITABLE)?,
+    );
+    let before = splice_loop(&src, &dst, progress, stall, &mut busy).await?;
+    if !busy.is_busy() {
+        return Ok(Copied {
+            bytes: before,
+            dst: dst.into_inner(),
+            relayed: false,
+        });
+    }
+    // Out of epoll first: a registered pipe would still wake the event loop at each write.
+    match Relay::spawn(src.into_inner(), dst.into_inner(), progress.clone()) {
+        Ok(relay) => {
+            let (after, dst) = relay.finish().await?;
+            Ok(Copied {
+                bytes: before + after,
+                dst,
+                relayed: true,
+            })
+        }
+        Err((src, dst)) => {
+            log::debug!("no thread for a busy copy; it stays in the event loop");
+            let (src, dst) = (
+                register(src, Interest::READABLE)?,
+                register(dst, Interest::WRITABLE)?,
+            );
+            let after = splice_loop(&src, &dst, progress, stall, &mut Busy::never()).await?;
+            Ok(Copied {
+                bytes: before + after,
+                dst: dst.into_inner(),
+                relayed: false,
+            })
+        }
+    }
+}
+
+/// When a copy counts as busy: it moved `BUSY_BYTES` within `BUSY_WINDOW`. A person typing,
+/// an exec's reply or a chatty log stays below; a stream that fills the pipes (megabytes in
+/// milliseconds) does not, and is the one whose wake-ups cost.
+struct Busy {
+    limit: u64,
+    since: Instant,
+    moved: u64,
+    busy: bool,
+}
+
+const BUSY_BYTES: u64 = 8 << 20;
+const BUSY_WINDOW: Duration = Duration::from_secs(1);
+
+impl Busy {
+    fn new() -> Busy {
+        Busy::with_limit(BUSY_BYTES)
+    }
+
+    fn never() -> Busy {
+        Busy::with_limit(u64::MAX)
+    }
+
+    fn with_limit(limit: u64) -> Busy {
+        Busy {
+            limit,
+            since: Instant::now(),
+            moved: 0,
+            busy: false,
+        }
+    }
+
+    /// Counts `n` bytes moved; true once the copy is busy.
+    fn count(&mut self, n: u64) -> bool {
+        self.moved = self.moved.saturating_add(n);
+        if self.moved >= self.limit {
+            if self.since.elapsed() < BUSY_WINDOW {
+                self.busy = true;
+            } else {
+                self.since = Instant::now();
+                self.moved = 0;
+            }
+        }
+        self.busy
+    }
+
+    fn is_busy(&self) -> bool {
+        self.busy
+    }
 }
 
 /// Waits until nothing is left unread in the FIFO `fd`. Polled with a growing interval: this
@@ -80,6 +191,7 @@ async fn splice_loop(
     dst: &AsyncFd<OwnedFd>,
     progress: &AtomicU64,
     stall: Stall,
+    busy: &mut Busy,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
@@ -94,6 +206,9 @@ async fn splice_loop(
             Ok(n) => {
                 total += n as u64;
                 progress.fetch_add(n as u64, Ordering::Relaxed);
+                if busy.count(n as u64) {
+                    return Ok(total);
+                }
                 if n == CHUNK {
                     continue;
                 }
@@ -265,7 +380,7 @@ mod tests {
                 }
             }
         });
-        let progress = AtomicU64::new(0);
+        let progress = Arc::new(AtomicU64::new(0));
         let n = splice_all(src_r, dst_w, &progress).await.unwrap();
         assert_eq!(progress.load(Ordering::Relaxed), n);
         writer.join().unwrap();
@@ -295,7 +410,7 @@ mod tests {
             f.read_to_end(&mut got).unwrap();
             got
         });
-        let progress = AtomicU64::new(0);
+        let progress = Arc::new(AtomicU64::new(0));
         let n = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             splice_all(src_r, dst_w, &progress),
@@ -317,7 +432,7 @@ mod tests {
         // The process closed its stdin; the client's FIFO stays open and empty: the error of
         // the destination stays ready, and must not wake the copy over and over.
         drop(dst_r);
-        let progress = AtomicU64::new(0);
+        let progress = Arc::new(AtomicU64::new(0));
         let copy = splice_all(src_r, dst_w, &progress);
         tokio::pin!(copy);
         let before = thread_cpu();
@@ -332,6 +447,176 @@ mod tests {
         nix::unistd::write(&src_w, b"late").unwrap();
         let ended = tokio::time::timeout(std::time::Duration::from_secs(5), copy).await;
         assert!(matches!(ended, Ok(Err(_))), "{ended:?}");
+    }
+
+    /// Streams `len` patterned bytes through `copy` from a blocking writer to a blocking
+    /// reader that takes 32 KiB at a time, as ctr does; returns the bytes the copy moved,
+    /// whether it moved to a thread, and whether the reader got every byte in order.
+    async fn stream(len: usize, stall: Stall, busy: Busy) -> (u64, bool, bool) {
+        let (src_r, src_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let (dst_r, dst_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let data: Vec<u8> = (0..len as u32).map(|i| (i * 7 % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(src_w);
+            set_blocking(&f);
+            data.chunks(64 << 10).for_each(|c| f.write_all(c).unwrap());
+        });
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(dst_r);
+            set_blocking(&f);
+            let mut got = Vec::with_capacity(len);
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                match f.read(&mut buf).unwrap() {
+                    0 => break got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        let progress = Arc::new(AtomicU64::new(0));
+        let copied = copy(src_r, dst_w, &progress, stall, busy).await.unwrap();
+        assert_eq!(progress.load(Ordering::Relaxed), copied.bytes);
+        writer.join().unwrap();
+        let Copied {
+            bytes,
+            dst,
+            relayed,
+        } = copied;
+        drop(dst); // the reader's end of file
+        let got = reader.join().unwrap();
+        (bytes, relayed, got == expected)
+    }
+
+    #[tokio::test]
+    async fn a_busy_stream_moves_to_a_thread_of_its_own_and_loses_no_byte() {
+        for stall in [Stall::Ask, Stall::WaitForEither] {
+            let len = 40 << 20;
+            let (bytes, relayed, intact) = stream(len, stall, Busy::new()).await;
+            assert!(relayed, "40 MiB at full speed counts as busy");
+            assert_eq!(bytes, len as u64);
+            assert!(intact, "copied bytes differ");
+        }
+    }
+
+    #[tokio::test]
+    async fn busy_streams_share_one_relay_thread_which_ends_with_them() {
+        let relays = || {
+            std::fs::read_dir("/proc/self/task")
+                .unwrap()
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                .filter(|comm| comm.trim() == "stdio-relay")
+                .count()
+        };
+        let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let watcher = {
+            let watching = watching.clone();
+            std::thread::spawn(move || {
+                let mut most = 0;
+                while watching.load(Ordering::Relaxed) {
+                    most = most.max(relays());
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                most
+            })
+        };
+        let len = 40 << 20;
+        let (a, b, c) = tokio::join!(
+            stream(len, Stall::Ask, Busy::new()),
+            stream(len, Stall::Ask, Busy::new()),
+            stream(len, Stall::WaitForEither, Busy::new()),
+        );
+        watching.store(false, Ordering::Relaxed);
+        let most = watcher.join().unwrap();
+        for (bytes, relayed, intact) in [a, b, c] {
+            assert!(relayed && bytes == len as u64 && intact);
+        }
+        assert_eq!(most, 1, "threads named stdio-relay at most at once");
+        // Other tests' copies may still use it for a moment.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while relays() > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the relay thread outlives its copies"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_below_the_busy_rate_stays_in_the_event_loop() {
+        let (bytes, relayed, intact) = stream(3 << 20, Stall::Ask, Busy::new()).await;
+        assert!(!relayed);
+        assert!(bytes == 3 << 20 && intact, "copied bytes differ");
+        let (bytes, relayed, intact) = stream(20 << 20, Stall::Ask, Busy::never()).await;
+        assert!(!relayed);
+        assert!(bytes == 20 << 20 && intact, "copied bytes differ");
+    }
+
+    #[test]
+    fn busy_means_the_limit_within_the_window() {
+        let mut busy = Busy::with_limit(100);
+        assert!(!busy.count(60));
+        assert!(busy.count(60), "120 bytes at once");
+        let mut slow = Busy::with_limit(100);
+        slow.since = Instant::now() - BUSY_WINDOW * 2;
+        assert!(!slow.count(120), "120 bytes over two windows");
+        assert_eq!(slow.moved, 0, "a new window starts");
+        assert!(slow.count(120), "then 120 bytes at once");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_relay_closes_both_ends() {
+        let (src_r, src_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let (dst_r, dst_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let room = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&dst_w),
+            nix::fcntl::FcntlArg::F_GETPIPE_SZ,
+        )
+        .unwrap() as usize;
+        let relay = match Relay::spawn(src_r, dst_w, Arc::new(AtomicU64::new(0))) {
+            Ok(relay) => relay,
+            Err(_) => panic!("no thread"),
+        };
+        // Fill the destination and leave more waiting: the thread sleeps on the full end.
+        let mut src_w = std::fs::File::from(src_w);
+        let mut written = 0;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while written < room + 4096 && Instant::now() < deadline {
+            match src_w.write(&[1u8; 4096]) {
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(written, room + 4096);
+        drop(relay);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut dst_r = std::fs::File::from(dst_r);
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            match dst_r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the destination stays open");
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, room, "what was moved before the stop is there");
+        let closed = loop {
+            match src_w.write(&[2u8; 1]) {
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => break true,
+                _ if Instant::now() > deadline => break false,
+                _ => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        assert!(closed, "the source stays open");
     }
 
     fn thread_cpu() -> std::time::Duration {
@@ -365,7 +650,7 @@ mod tests {
         nix::unistd::write(&src_w, b"late").unwrap();
         drop(src_w);
         let copy = tokio::spawn(async move {
-            let progress = AtomicU64::new(0);
+            let progress = Arc::new(AtomicU64::new(0));
             splice_to_fifo(src_r, fifo, &progress).await.unwrap()
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;

@@ -5,6 +5,7 @@ pub mod binary;
 pub mod console;
 pub mod copy;
 pub mod fifo;
+mod relay;
 pub mod uri;
 
 use crate::error::{Error, Result};
@@ -321,7 +322,7 @@ fn start_pipes(
         holder = Some(fifo_holder);
         let name = name.to_string();
         tokio::spawn(async move {
-            let ignored = AtomicU64::new(0);
+            let ignored = Arc::new(AtomicU64::new(0));
             if let Err(e) = copy::splice_all(fifo_reader, pipe_w, &ignored).await {
                 // The process closing its stdin early is normal.
                 log::debug!("stdin copy of {name} ended: {e}");
