@@ -1,7 +1,7 @@
 //! Moving bytes between two pipes (a runc pipe and a client FIFO) with splice(2), so each byte
 //! is copied once, inside the kernel (invariant 7).
 
-use super::relay::Relay;
+use super::relay::{Handed, Relay};
 use nix::fcntl::{splice, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
@@ -42,54 +42,60 @@ pub async fn splice_to_fifo(
 struct Copied {
     bytes: u64,
     dst: OwnedFd,
-    /// Whether the copy moved to a thread of its own on the way.
+    /// How many times the copy moved to the relay thread on the way.
     #[cfg_attr(not(test), allow(dead_code))] // what the tests check
-    relayed: bool,
+    relayed: u32,
 }
 
-/// Copies in the event loop until the stream turns busy (`busy`), then on a thread of its own
-/// (`relay`), or on here when no thread can be had.
+/// Copies in the event loop while the stream is calm, on the relay thread while it is busy
+/// (`busy` tells; the thread hands a copy back once it goes quiet), and on here when no thread
+/// can be had.
 async fn copy(
-    src: OwnedFd,
-    dst: OwnedFd,
+    mut src: OwnedFd,
+    mut dst: OwnedFd,
     progress: &Arc<AtomicU64>,
     stall: Stall,
     mut busy: Busy,
 ) -> io::Result<Copied> {
-    let (src, dst) = (
-        register(src, Interest::READABLE)?,
-        register(dst, Interest::WRITABLE)?,
-    );
-    let before = splice_loop(&src, &dst, progress, stall, &mut busy).await?;
-    if !busy.is_busy() {
-        return Ok(Copied {
-            bytes: before,
-            dst: dst.into_inner(),
-            relayed: false,
-        });
-    }
-    // Out of epoll first: a registered pipe would still wake the event loop at each write.
-    match Relay::spawn(src.into_inner(), dst.into_inner(), progress.clone()) {
-        Ok(relay) => {
-            let (after, dst) = relay.finish().await?;
-            Ok(Copied {
-                bytes: before + after,
+    let (mut bytes, mut relayed) = (0, 0);
+    loop {
+        let (events_src, events_dst) = (
+            register(src, Interest::READABLE)?,
+            register(dst, Interest::WRITABLE)?,
+        );
+        bytes += splice_loop(&events_src, &events_dst, progress, stall, &mut busy).await?;
+        // Out of epoll either way: a registered pipe would still wake the event loop.
+        (src, dst) = (events_src.into_inner(), events_dst.into_inner());
+        if !busy.is_busy() {
+            return Ok(Copied {
+                bytes,
                 dst,
-                relayed: true,
-            })
+                relayed,
+            });
         }
-        Err((src, dst)) => {
-            log::debug!("no thread for a busy copy; it stays in the event loop");
-            let (src, dst) = (
-                register(src, Interest::READABLE)?,
-                register(dst, Interest::WRITABLE)?,
-            );
-            let after = splice_loop(&src, &dst, progress, stall, &mut Busy::never()).await?;
-            Ok(Copied {
-                bytes: before + after,
-                dst: dst.into_inner(),
-                relayed: false,
-            })
+        match Relay::spawn(src, dst, progress.clone()) {
+            Ok(relay) => {
+                relayed += 1;
+                match relay.finish().await? {
+                    Handed::Ended(moved, dst) => {
+                        return Ok(Copied {
+                            bytes: bytes + moved,
+                            dst,
+                            relayed,
+                        })
+                    }
+                    Handed::Quiet(moved, back_src, back_dst) => {
+                        bytes += moved;
+                        (src, dst) = (back_src, back_dst);
+                        busy = busy.renewed();
+                    }
+                }
+            }
+            Err(back) => {
+                log::debug!("no thread for a busy copy; it stays in the event loop");
+                (src, dst) = back;
+                busy = Busy::never();
+            }
         }
     }
 }
@@ -141,6 +147,11 @@ impl Busy {
 
     fn is_busy(&self) -> bool {
         self.busy
+    }
+
+    /// The same measure, from now on.
+    fn renewed(&self) -> Busy {
+        Busy::with_limit(self.limit)
     }
 }
 
@@ -450,9 +461,15 @@ mod tests {
     }
 
     /// Streams `len` patterned bytes through `copy` from a blocking writer to a blocking
-    /// reader that takes 32 KiB at a time, as ctr does; returns the bytes the copy moved,
-    /// whether it moved to a thread, and whether the reader got every byte in order.
-    async fn stream(len: usize, stall: Stall, busy: Busy) -> (u64, bool, bool) {
+    /// reader that takes 32 KiB at a time, as ctr does, the writer pausing halfway if asked;
+    /// returns the bytes the copy moved, how often it moved to the relay thread, and whether
+    /// the reader got every byte in order.
+    async fn stream(
+        len: usize,
+        stall: Stall,
+        busy: Busy,
+        pause: Option<Duration>,
+    ) -> (u64, u32, bool) {
         let (src_r, src_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
         let (dst_r, dst_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
         let data: Vec<u8> = (0..len as u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -460,7 +477,14 @@ mod tests {
         let writer = std::thread::spawn(move || {
             let mut f = std::fs::File::from(src_w);
             set_blocking(&f);
-            data.chunks(64 << 10).for_each(|c| f.write_all(c).unwrap());
+            let (first, second) = data.split_at(len / 2);
+            first.chunks(64 << 10).for_each(|c| f.write_all(c).unwrap());
+            if let Some(pause) = pause {
+                std::thread::sleep(pause);
+            }
+            second
+                .chunks(64 << 10)
+                .for_each(|c| f.write_all(c).unwrap());
         });
         let reader = std::thread::spawn(move || {
             let mut f = std::fs::File::from(dst_r);
@@ -492,8 +516,8 @@ mod tests {
     async fn a_busy_stream_moves_to_a_thread_of_its_own_and_loses_no_byte() {
         for stall in [Stall::Ask, Stall::WaitForEither] {
             let len = 40 << 20;
-            let (bytes, relayed, intact) = stream(len, stall, Busy::new()).await;
-            assert!(relayed, "40 MiB at full speed counts as busy");
+            let (bytes, relayed, intact) = stream(len, stall, Busy::new(), None).await;
+            assert_eq!(relayed, 1, "40 MiB at full speed counts as busy");
             assert_eq!(bytes, len as u64);
             assert!(intact, "copied bytes differ");
         }
@@ -522,14 +546,14 @@ mod tests {
         };
         let len = 40 << 20;
         let (a, b, c) = tokio::join!(
-            stream(len, Stall::Ask, Busy::new()),
-            stream(len, Stall::Ask, Busy::new()),
-            stream(len, Stall::WaitForEither, Busy::new()),
+            stream(len, Stall::Ask, Busy::new(), None),
+            stream(len, Stall::Ask, Busy::new(), None),
+            stream(len, Stall::WaitForEither, Busy::new(), None),
         );
         watching.store(false, Ordering::Relaxed);
         let most = watcher.join().unwrap();
         for (bytes, relayed, intact) in [a, b, c] {
-            assert!(relayed && bytes == len as u64 && intact);
+            assert!(relayed == 1 && bytes == len as u64 && intact);
         }
         assert_eq!(most, 1, "threads named stdio-relay at most at once");
         // Other tests' copies may still use it for a moment.
@@ -544,12 +568,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_busy_stream_gone_quiet_comes_back_to_the_event_loop() {
+        // 40 MiB at once, three quiet seconds, 40 MiB again: two turns on the relay thread,
+        // the event loop in between, every byte through in order.
+        let len = 80 << 20;
+        let pause = Some(Duration::from_secs(3));
+        let (bytes, relayed, intact) = stream(len, Stall::Ask, Busy::new(), pause).await;
+        assert_eq!(relayed, 2, "turns on the relay thread");
+        assert!(bytes == len as u64 && intact, "copied bytes differ");
+    }
+
+    #[tokio::test]
     async fn a_stream_below_the_busy_rate_stays_in_the_event_loop() {
-        let (bytes, relayed, intact) = stream(3 << 20, Stall::Ask, Busy::new()).await;
-        assert!(!relayed);
+        let (bytes, relayed, intact) = stream(3 << 20, Stall::Ask, Busy::new(), None).await;
+        assert_eq!(relayed, 0);
         assert!(bytes == 3 << 20 && intact, "copied bytes differ");
-        let (bytes, relayed, intact) = stream(20 << 20, Stall::Ask, Busy::never()).await;
-        assert!(!relayed);
+        let (bytes, relayed, intact) = stream(20 << 20, Stall::Ask, Busy::never(), None).await;
+        assert_eq!(relayed, 0);
         assert!(bytes == 20 << 20 && intact, "copied bytes differ");
     }
 

@@ -8,9 +8,9 @@
 //! under ctr 1.6 (4 GiB of stdout, six rounds each, medians of the shim's CPU per GiB): 310
 //! ms in the event loop, 270 ms here, where a blocking splice on a thread per stream took
 //! 271. A copy moves here only once it is busy (see `copy::Busy`): an exec's few bytes and
-//! an idle container's quiet streams stay in the event loop. The thread serves every busy
-//! stream of the shim (not a thread per stream), and ends when none is left, so an idle shim
-//! is one thread.
+//! an idle container's quiet streams stay in the event loop, and a copy that goes quiet
+//! comes back to it. The thread serves every busy stream of the shim (not a thread per
+//! stream), and ends when none is left, so an idle shim is one thread.
 
 use super::copy::CHUNK;
 use nix::errno::Errno;
@@ -20,6 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// Enough for the loop below, whose frames are a few hundred bytes.
@@ -28,11 +29,26 @@ const STACK: usize = 64 << 10;
 /// A copy handed to the relay thread. Dropping it stops the copy, which then closes both
 /// ends, as dropping a copy in the event loop does.
 pub struct Relay {
-    done: oneshot::Receiver<(io::Result<u64>, OwnedFd)>,
+    done: oneshot::Receiver<Outcome>,
     /// The thread also waits on the other end of this pipe: closing it (dropping the Relay)
     /// ends the copy.
     _stop: OwnedFd,
 }
+
+/// How a copy left the relay thread.
+pub enum Handed {
+    /// At the source's end of file, with the bytes moved here and the destination.
+    Ended(u64, OwnedFd),
+    /// Quiet from one sweep to the next (`QUIET` apart): back to the event loop, with the
+    /// bytes moved here, the source and the destination.
+    Quiet(u64, OwnedFd, OwnedFd),
+}
+
+type Outcome = io::Result<Handed>;
+
+/// A copy that moves nothing for this long goes back to the event loop, so that a container
+/// that streamed once and went quiet does not keep a thread for the rest of its life.
+const QUIET: Duration = Duration::from_secs(1);
 
 /// One copy as the thread holds it.
 struct Stream {
@@ -41,7 +57,9 @@ struct Stream {
     stop: OwnedFd,
     progress: Arc<AtomicU64>,
     moved: u64,
-    done: oneshot::Sender<(io::Result<u64>, OwnedFd)>,
+    /// `moved` at the last sweep for quiet copies.
+    swept: u64,
+    done: oneshot::Sender<Outcome>,
     /// The end it waits for; None while it should try to move bytes.
     waits: Option<End>,
     /// The end that lacked last: the one to wait for after the next short splice.
@@ -110,6 +128,7 @@ impl Relay {
             stop,
             progress,
             moved: 0,
+            swept: u64::MAX, // a sweep for quiet copies first takes note of it
             done: done_tx,
             waits: None,
             guess: End::Src,
@@ -137,14 +156,13 @@ impl Relay {
         })
     }
 
-    /// Waits for the end of the source; returns the bytes moved and the destination, which
-    /// the caller may still need (an output FIFO is kept until its reader has taken all).
-    pub async fn finish(self) -> io::Result<(u64, OwnedFd)> {
+    /// Waits until the copy leaves the thread: at the source's end of file (the caller may
+    /// still need the destination: an output FIFO is kept until its reader has taken all), or
+    /// gone quiet.
+    pub async fn finish(self) -> io::Result<Handed> {
         let Relay { done, _stop } = self;
-        let (result, dst) = done
-            .await
-            .map_err(|_| io::Error::other("the relay thread dropped the copy"))?;
-        result.map(|moved| (moved, dst))
+        done.await
+            .map_err(|_| io::Error::other("the relay thread dropped the copy"))?
     }
 }
 
@@ -152,6 +170,7 @@ impl Relay {
 /// the copies' stops and new copies; ends when no copy is left.
 fn serve(shared: &Shared) {
     let mut streams: Vec<Stream> = Vec::new();
+    let mut last_sweep = Instant::now();
     loop {
         {
             let mut handover = lock(shared);
@@ -167,11 +186,10 @@ fn serve(shared: &Shared) {
                 Ok(Some(())) => i += 1,
                 Ok(None) => {
                     let s = streams.swap_remove(i);
-                    let _ = s.done.send((Ok(s.moved), s.dst));
+                    let _ = s.done.send(Ok(Handed::Ended(s.moved, s.dst)));
                 }
                 Err(e) => {
-                    let s = streams.swap_remove(i);
-                    let _ = s.done.send((Err(e), s.dst));
+                    let _ = streams.swap_remove(i).done.send(Err(e));
                 }
             }
         }
@@ -187,15 +205,14 @@ fn serve(shared: &Shared) {
                 None => {}
             }
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let timeout = PollTimeout::try_from(QUIET).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => {
                 // Not expected (the set is small and valid); stop every copy rather than spin.
                 let e = io::Error::from(e);
                 for s in streams.drain(..) {
-                    let _ = s
-                        .done
-                        .send((Err(io::Error::new(e.kind(), e.to_string())), s.dst));
+                    let _ = s.done.send(Err(io::Error::new(e.kind(), e.to_string())));
                 }
                 continue;
             }
@@ -229,6 +246,20 @@ fn serve(shared: &Shared) {
         // Stopped copies are dropped, which closes their ends; nobody waits for them.
         for i in stopped.into_iter().rev() {
             streams.swap_remove(i);
+        }
+        if last_sweep.elapsed() >= QUIET {
+            last_sweep = Instant::now();
+            let mut i = 0;
+            while i < streams.len() {
+                let s = &mut streams[i];
+                if s.moved != s.swept || s.waits.is_none() {
+                    s.swept = s.moved;
+                    i += 1;
+                    continue;
+                }
+                let s = streams.swap_remove(i);
+                let _ = s.done.send(Ok(Handed::Quiet(s.moved, s.src, s.dst)));
+            }
         }
     }
 }
