@@ -627,8 +627,17 @@ mod tests {
             }
         }
         assert_eq!(written, room + 4096);
-        drop(relay);
+        // The stop comes once the thread has filled the destination, not while it still moves
+        // bytes (under a loaded machine the writes above can outrun it).
         let deadline = Instant::now() + Duration::from_secs(5);
+        while waiting_in(&dst_r) < room {
+            assert!(
+                Instant::now() < deadline,
+                "the relay never filled the destination"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        drop(relay);
         let mut dst_r = std::fs::File::from(dst_r);
         let mut got = 0;
         let mut buf = [0u8; 4096];
@@ -652,6 +661,16 @@ mod tests {
             }
         };
         assert!(closed, "the source stays open");
+    }
+
+    /// Bytes waiting in the pipe behind `fd`.
+    fn waiting_in(fd: &OwnedFd) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int, the bytes waiting in the pipe.
+        let rc =
+            unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::FIONREAD, &mut n) };
+        assert_eq!(rc, 0, "FIONREAD: {}", io::Error::last_os_error());
+        usize::try_from(n).unwrap()
     }
 
     fn thread_cpu() -> std::time::Duration {
