@@ -23,27 +23,6 @@ pub fn open_output(path: &Path) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// A new open of the FIFO behind `fd`, in blocking mode, for a process to read or write
-/// itself. Through `/proc/self/fd`, so it is the FIFO already opened and checked, whatever the
-/// path names by now. The shim holds the other end, so the open returns at once.
-pub fn reopen(fd: &OwnedFd, access: OFlag) -> Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
-    let raw = open(path.as_str(), access | OFlag::O_CLOEXEC, Mode::empty())
-        .map_err(|e| Error::Internal(format!("failed to reopen a fifo for the process: {e}")))?;
-    // SAFETY: `open` just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
-}
-
-/// A stdout/stderr FIFO's read end, for a process that writes the FIFO itself: the shim never
-/// reads it, but while it is open a consumer can leave and come back and lose nothing, and the
-/// process gets no SIGPIPE. Holding no write end, it lets the consumer see end of file once
-/// the process and whatever shares its output have closed it.
-pub fn open_output_reader(path: &Path) -> Result<OwnedFd> {
-    let fd = open_fifo(path, OFlag::O_RDONLY)?;
-    super::widen(&fd);
-    Ok(fd)
-}
-
 fn open_fifo(path: &Path, access: OFlag) -> Result<OwnedFd> {
     let flags = access | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
     let raw = open(path, flags, Mode::empty()).map_err(|e| {

@@ -40,28 +40,13 @@ pub enum Sink {
     File(OwnedFd),
 }
 
-/// The shim's side of a process's stdin FIFO (no terminal).
-pub enum Input {
-    /// The process reads the FIFO itself; the shim holds a write end until CloseIO.
-    Direct { holder: OwnedFd },
-    /// The shim copies the FIFO (`fifo`, with `holder` its held write end) into `pipe`, the
-    /// write end of the pipe the process reads.
-    Copied {
-        fifo: OwnedFd,
-        holder: OwnedFd,
-        pipe: OwnedFd,
-    },
-}
-
 /// The shim's side of the streams, opened before runc runs and not yet copying.
 pub enum OpenedIo {
     Pipes {
-        stdin: Option<Input>,
+        /// The stdin FIFO's read end and held write end, and the pipe the process reads.
+        stdin: Option<(OwnedFd, OwnedFd, OwnedFd)>,
         /// Each output pipe's read end and where it goes.
         outputs: Vec<(OwnedFd, Sink)>,
-        /// The read ends of the output FIFOs the process writes itself, held until the
-        /// streams close.
-        held_outputs: Vec<OwnedFd>,
         /// A logging program that reads the output pipes itself.
         logger: Option<binary::Logger>,
     },
@@ -85,9 +70,6 @@ pub struct ProcessIo {
     output_progress: Arc<AtomicU64>,
     /// The pty master while the output copy holds it; it closes when the terminal hangs up.
     console: Option<Weak<AsyncFd<OwnedFd>>>,
-    /// Read ends of output FIFOs the process writes itself: what it wrote stays for a
-    /// consumer that comes back.
-    _held_outputs: Vec<OwnedFd>,
     /// Dropped with the streams: a logging program still running is then stopped.
     _logger_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -142,42 +124,22 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
         return Ok((opened, child));
     }
     let mut child = ProcessStdio::default();
-    // The process gets the client's FIFOs themselves and nothing is copied: the shim holds
-    // their other ends, which is all a copy between pipe and FIFO gave (no end of input while
-    // the shim holds stdin's write end; no SIGPIPE, no lost output while it holds an output's
-    // read end), and the bytes cross one pipe instead of two, with no shim in between. Only
-    // ends that must belong to an io owner other than root get pipes and copies: the FIFOs
-    // are the client's files, not ours to give away.
-    let direct = cx.owner == (0, 0);
     let stdin = match stdin {
-        Some((fifo_reader, holder)) if direct => {
-            child.stdin = Some(fifo::reopen(&holder, OFlag::O_RDONLY)?);
-            // The process's end is the only reader left: once it has gone, the client's
-            // writes fail as they would into a pipe, instead of filling a FIFO nobody reads.
-            drop(fifo_reader);
-            Some(Input::Direct { holder })
-        }
-        Some((fifo, holder)) => {
-            let (pipe_r, pipe) = pipe()?;
-            set_nonblocking(&pipe)?;
+        Some((fifo_reader, holder)) => {
+            let (pipe_r, pipe_w) = pipe()?;
+            set_nonblocking(&pipe_w)?;
             give_to(&pipe_r, cx.owner)?;
             child.stdin = Some(pipe_r);
-            Some(Input::Copied { fifo, holder, pipe })
+            Some((fifo_reader, holder, pipe_w))
         }
         None => None,
     };
     let mut outputs = Vec::new();
-    let mut held_outputs = Vec::new();
     let mut logger = None;
     match &plan.output {
         Output::Fifos { stdout, stderr } => {
             for (path, slot) in [(stdout, &mut child.stdout), (stderr, &mut child.stderr)] {
-                let Some(path) = path else { continue };
-                if direct {
-                    let reader = fifo::open_output_reader(path)?;
-                    *slot = Some(fifo::reopen(&reader, OFlag::O_WRONLY)?);
-                    held_outputs.push(reader);
-                } else {
+                if let Some(path) = path {
                     let fifo = fifo::open_output(path)?;
                     let (pipe_r, pipe_w) = output_pipe(cx.owner)?;
                     *slot = Some(pipe_w);
@@ -211,7 +173,6 @@ pub async fn open(plan: &Plan, cx: &OpenContext<'_>) -> Result<(OpenedIo, Proces
         OpenedIo::Pipes {
             stdin,
             outputs,
-            held_outputs,
             logger,
         },
         child,
@@ -338,9 +299,8 @@ impl OpenedIo {
             OpenedIo::Pipes {
                 stdin,
                 outputs,
-                held_outputs,
                 logger,
-            } => Ok(start_pipes(name, stdin, outputs, held_outputs, logger)),
+            } => Ok(start_pipes(name, stdin, outputs, logger)),
             OpenedIo::Terminal {
                 socket,
                 stdin,
@@ -353,26 +313,22 @@ impl OpenedIo {
 
 fn start_pipes(
     name: &str,
-    stdin: Option<Input>,
+    stdin: Option<(OwnedFd, OwnedFd, OwnedFd)>,
     outputs: Vec<(OwnedFd, Sink)>,
-    held_outputs: Vec<OwnedFd>,
     logger: Option<binary::Logger>,
 ) -> ProcessIo {
-    let (holder, stdin_copy) = match stdin {
-        None => (None, None),
-        Some(Input::Direct { holder }) => (Some(holder), None),
-        Some(Input::Copied { fifo, holder, pipe }) => {
-            let name = name.to_string();
-            let copy = tokio::spawn(async move {
-                let ignored = Arc::new(AtomicU64::new(0));
-                if let Err(e) = copy::splice_all(fifo, pipe, &ignored).await {
-                    // The process closing its stdin early is normal.
-                    log::debug!("stdin copy of {name} ended: {e}");
-                }
-            });
-            (Some(holder), Some(copy))
-        }
-    };
+    let mut holder = None;
+    let stdin_copy = stdin.map(|(fifo_reader, fifo_holder, pipe_w)| {
+        holder = Some(fifo_holder);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let ignored = Arc::new(AtomicU64::new(0));
+            if let Err(e) = copy::splice_all(fifo_reader, pipe_w, &ignored).await {
+                // The process closing its stdin early is normal.
+                log::debug!("stdin copy of {name} ended: {e}");
+            }
+        })
+    });
     let output_progress = Arc::new(AtomicU64::new(0));
     let mut copies: Vec<JoinHandle<()>> = outputs
         .into_iter()
@@ -397,7 +353,6 @@ fn start_pipes(
         output_copies: tokio::sync::Mutex::new(copies),
         output_progress,
         console: None,
-        _held_outputs: held_outputs,
         _logger_stop: logger_stop,
     }
 }
@@ -499,7 +454,6 @@ fn start_terminal(
         output_copies: tokio::sync::Mutex::new(copies),
         output_progress,
         console,
-        _held_outputs: Vec::new(),
         _logger_stop: logger_stop,
     })
 }
@@ -568,7 +522,6 @@ mod tests {
     use super::*;
     use nix::sys::stat::Mode;
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
 
     fn fifo_in_temp(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("stdio-test-{}-{name}", std::process::id()));
@@ -611,113 +564,20 @@ mod tests {
         open(&plan, &cx).await.unwrap()
     }
 
-    /// An io owner other than root: the process gets pipes, and the shim copies.
-    const NOT_ROOT: (u32, u32) = (4321, 8765);
-
-    /// The streams of a process whose stdout goes to the FIFO at `path`, and the process's
-    /// ends.
-    async fn stdout_to(path: &std::path::Path, owner: (u32, u32)) -> (ProcessIo, ProcessStdio) {
+    /// Copies of a process whose stdout goes to the FIFO at `path`, and the process's ends.
+    async fn stdout_to(path: &std::path::Path) -> (ProcessIo, ProcessStdio) {
         let paths = StdioPaths {
             stdout: path.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (opened, child) = open_now(&paths, owner).await;
-        (opened.start("test").unwrap(), child)
-    }
-
-    fn inode(fd: &impl std::os::fd::AsRawFd) -> (u64, u64) {
-        let st = nix::sys::stat::fstat(fd.as_raw_fd()).unwrap();
-        (st.st_dev, st.st_ino)
-    }
-
-    #[tokio::test]
-    async fn a_root_owned_process_writes_its_output_fifo_itself_and_loses_nothing() {
-        let path = fifo_in_temp("direct-out");
-        let (io, child) = stdout_to(&path, (0, 0)).await;
-        let out = child.stdout.unwrap();
-        let fifo = std::fs::File::open(&path).unwrap();
-        assert_eq!(inode(&out), inode(&fifo), "the process's end is the FIFO");
-        drop(fifo);
-        // Nothing to copy, so nothing to wait for at exit.
-        assert!(io.drained(Duration::from_millis(300)).await);
-        // No consumer: written all the same (no SIGPIPE), kept for one that comes.
-        let mut out = std::fs::File::from(out);
-        std::io::Write::write_all(&mut out, b"kept for later").unwrap();
-        let mut late = std::fs::File::open(&path).unwrap();
-        drop(out);
-        // The shim holds no write end: the consumer gets the bytes, then end of file.
-        let mut got = String::new();
-        late.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "kept for later");
-        drop(io);
-        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_root_owned_process_reads_its_stdin_fifo_until_close_io_and_the_client() {
-        let dir = fifo_in_temp("direct-in");
-        let path = dir.with_file_name("stdin");
-        nix::unistd::mkfifo(&path, Mode::from_bits_truncate(0o600)).unwrap();
-        let paths = StdioPaths {
-            stdin: path.to_string_lossy().into_owned(),
-            ..Default::default()
-        };
         let (opened, child) = open_now(&paths, (0, 0)).await;
-        let io = opened.start("test").unwrap();
-        let process_in = child.stdin.unwrap();
-        let client = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        assert_eq!(
-            inode(&process_in),
-            inode(&client),
-            "the process's end is the FIFO"
-        );
-        let flags = nix::fcntl::fcntl(
-            std::os::fd::AsRawFd::as_raw_fd(&process_in),
-            nix::fcntl::FcntlArg::F_GETFL,
-        )
-        .unwrap();
-        assert_eq!(
-            flags & libc::O_NONBLOCK,
-            0,
-            "the process reads as from a pipe"
-        );
-        let mut client = client;
-        std::io::Write::write_all(&mut client, b"line\n").unwrap();
-        drop(client);
-        let mut process_in = std::fs::File::from(process_in);
-        let mut buf = [0u8; 16];
-        assert_eq!(process_in.read(&mut buf).unwrap(), 5);
-        // The client has gone but the shim holds its write end: no end of input, just none
-        // yet (asked without blocking).
-        let nonblocking = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(format!(
-                "/proc/self/fd/{}",
-                std::os::fd::AsRawFd::as_raw_fd(&process_in)
-            ))
-            .unwrap();
-        let mut probe = &nonblocking;
-        let err = probe.read(&mut buf).unwrap_err();
-        assert_eq!(
-            err.kind(),
-            std::io::ErrorKind::WouldBlock,
-            "no end of input"
-        );
-        io.close_stdin();
-        assert_eq!(
-            process_in.read(&mut buf).unwrap(),
-            0,
-            "end of input after CloseIO"
-        );
-        drop((nonblocking, io));
-        std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+        (opened.start("test").unwrap(), child)
     }
 
     #[tokio::test]
     async fn drain_gives_up_only_when_a_stream_stays_open_without_progress() {
         let path = fifo_in_temp("held");
-        let (io, child) = stdout_to(&path, NOT_ROOT).await;
+        let (io, child) = stdout_to(&path).await;
         // The write end stands for a process that outlives the one that exited.
         let held = child.stdout.unwrap();
         assert!(!io.drained(Duration::from_millis(300)).await);
@@ -736,7 +596,7 @@ mod tests {
             stdout: dir.to_string_lossy().into_owned(),
             ..Default::default()
         };
-        let (_opened, child) = open_now(&paths, NOT_ROOT).await;
+        let (_opened, child) = open_now(&paths, (4321, 8765)).await;
         for fd in [child.stdin.unwrap(), child.stdout.unwrap()] {
             let st = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd)).unwrap();
             assert_eq!((st.st_uid, st.st_gid), (4321, 8765));
@@ -747,7 +607,7 @@ mod tests {
     #[tokio::test]
     async fn drain_waits_for_output_that_keeps_flowing() {
         let path = fifo_in_temp("flow");
-        let (io, child) = stdout_to(&path, NOT_ROOT).await;
+        let (io, child) = stdout_to(&path).await;
         let mut consumer = std::fs::File::open(&path).unwrap();
         let writer = std::thread::spawn(move || {
             let mut out = std::fs::File::from(child.stdout.unwrap());
