@@ -170,6 +170,8 @@ impl Relay {
 /// the copies' stops and new copies; ends when no copy is left.
 fn serve(shared: &Shared) {
     let mut streams: Vec<Stream> = Vec::new();
+    // Which entries of the poll set woke; kept across wake-ups, one comes per 32 KiB moved.
+    let mut woke: Vec<bool> = Vec::new();
     let mut last_sweep = Instant::now();
     loop {
         {
@@ -196,7 +198,9 @@ fn serve(shared: &Shared) {
         if streams.is_empty() {
             continue; // to end, unless a copy came meanwhile
         }
-        let mut fds = vec![PollFd::new(shared.wake_r.as_fd(), PollFlags::POLLIN)];
+        // Sized at once: the wake pipe, and a stop and at most one end per copy.
+        let mut fds = Vec::with_capacity(1 + 2 * streams.len());
+        fds.push(PollFd::new(shared.wake_r.as_fd(), PollFlags::POLLIN));
         for s in &streams {
             fds.push(PollFd::new(s.stop.as_fd(), PollFlags::POLLIN));
             match s.waits {
@@ -217,10 +221,11 @@ fn serve(shared: &Shared) {
                 continue;
             }
         }
-        let woke: Vec<bool> = fds
-            .iter()
-            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
+        woke.clear();
+        woke.extend(
+            fds.iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty())),
+        );
         drop(fds);
         if woke[0] {
             let mut sink = [0u8; 64];
