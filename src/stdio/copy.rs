@@ -73,7 +73,9 @@ async fn copy(
                 relayed,
             });
         }
-        match Relay::spawn(src, dst, progress.clone()) {
+        // An output's reader is the client, which lags (see `Stall::Ask`).
+        let output = matches!(stall, Stall::Ask);
+        match Relay::spawn(src, dst, progress.clone(), output) {
             Ok(relay) => {
                 relayed += 1;
                 match relay.finish().await? {
@@ -609,7 +611,7 @@ mod tests {
             nix::fcntl::FcntlArg::F_GETPIPE_SZ,
         )
         .unwrap() as usize;
-        let relay = match Relay::spawn(src_r, dst_w, Arc::new(AtomicU64::new(0))) {
+        let relay = match Relay::spawn(src_r, dst_w, Arc::new(AtomicU64::new(0)), false) {
             Ok(relay) => relay,
             Err(_) => panic!("no thread"),
         };

@@ -247,26 +247,39 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// Bytes a stdio pipe or FIFO holds (the kernel's default is 64 KiB). Measured with
 /// scripts/bench.sh: at 256 KiB the writer and the copy each wake a quarter as often, which
 /// doubled stdout throughput and halved the shim's CPU per byte, and 1 MiB gained nothing
-/// more. The pages are only allocated while bytes wait in the pipe, so an idle stream costs
-/// nothing; a stream nobody reads holds at most this much.
+/// more in the event loop (a busy output copy gets more on the relay thread: see
+/// `relay::ROOM`). The pages are only allocated while bytes wait in the pipe, so an idle
+/// stream costs nothing; a stream nobody reads holds at most this much (`relay::ROOM` if its
+/// reader stopped while it was busy: a pipe that holds more than its old room keeps the
+/// wider one).
 const PIPE_BYTES: libc::c_int = 256 << 10;
 
 /// Gives the pipe or FIFO behind `fd` `PIPE_BYTES` of room. Best effort: an unprivileged shim
 /// over its user's pipe quota keeps the default size, which only costs speed.
 pub(crate) fn widen(fd: &OwnedFd) {
+    set_room(fd, PIPE_BYTES);
+}
+
+/// The room of the pipe or FIFO behind `fd`, in bytes; None if it cannot be read.
+pub(crate) fn room(fd: &OwnedFd) -> Option<libc::c_int> {
+    // SAFETY: F_GETPIPE_SZ takes no argument and only reads.
+    let room = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_GETPIPE_SZ) };
+    (room > 0).then_some(room)
+}
+
+/// Gives the pipe or FIFO behind `fd` `bytes` of room. Best effort: a pipe over its user's
+/// quota, or holding more than that, keeps its size, which only costs speed.
+pub(crate) fn set_room(fd: &OwnedFd, bytes: libc::c_int) {
     // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
     let rc = unsafe {
         libc::fcntl(
             std::os::fd::AsRawFd::as_raw_fd(fd),
             libc::F_SETPIPE_SZ,
-            PIPE_BYTES,
+            bytes,
         )
     };
     if rc < 0 {
-        log::debug!(
-            "pipe stays at its default size: {}",
-            std::io::Error::last_os_error()
-        );
+        log::debug!("pipe keeps its size: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -532,23 +545,18 @@ mod tests {
         path
     }
 
-    fn capacity(fd: &OwnedFd) -> libc::c_int {
-        // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
-        unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::F_GETPIPE_SZ) }
-    }
-
     #[test]
     fn stdio_pipes_and_fifos_get_the_wider_buffer() {
         let (r, w) = pipe().unwrap();
-        assert_eq!(capacity(&r), PIPE_BYTES);
-        assert_eq!(capacity(&w), PIPE_BYTES, "both ends share one buffer");
+        assert_eq!(room(&r), Some(PIPE_BYTES));
+        assert_eq!(room(&w), Some(PIPE_BYTES), "both ends share one buffer");
         let out = fifo_in_temp("wide-out");
-        assert_eq!(capacity(&fifo::open_output(&out).unwrap()), PIPE_BYTES);
+        assert_eq!(room(&fifo::open_output(&out).unwrap()), Some(PIPE_BYTES));
         let input = out.with_file_name("stdin");
         nix::unistd::mkfifo(&input, Mode::from_bits_truncate(0o600)).unwrap();
         let (reader, holder) = fifo::open_stdin(&input).unwrap();
-        assert_eq!(capacity(&reader), PIPE_BYTES);
-        assert_eq!(capacity(&holder), PIPE_BYTES);
+        assert_eq!(room(&reader), Some(PIPE_BYTES));
+        assert_eq!(room(&holder), Some(PIPE_BYTES));
         std::fs::remove_dir_all(out.parent().unwrap()).unwrap();
     }
 
