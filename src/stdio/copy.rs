@@ -1,7 +1,7 @@
 //! Moving bytes between two pipes (a runc pipe and a client FIFO) with splice(2), so each byte
 //! is copied once, inside the kernel (invariant 7).
 
-use super::relay::{Handed, Relay};
+use super::relay::{Handed, Relay, Rooms};
 use nix::fcntl::{splice, SpliceFFlags};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::io;
@@ -35,6 +35,9 @@ pub async fn splice_to_fifo(
 ) -> io::Result<u64> {
     let copied = copy(src, fifo, progress, Stall::Ask, Busy::new()).await?;
     until_read(&copied.dst).await;
+    if let Some(rooms) = copied.rooms {
+        rooms.give_back(None, Some(&copied.dst)); // now that it is read, it can be narrowed
+    }
     Ok(copied.bytes)
 }
 
@@ -45,6 +48,8 @@ struct Copied {
     /// How many times the copy moved to the relay thread on the way.
     #[cfg_attr(not(test), allow(dead_code))] // what the tests check
     relayed: u32,
+    /// An output copy's room before the relay thread widened it, if it went there.
+    rooms: Option<Rooms>,
 }
 
 /// Copies in the event loop while the stream is calm, on the relay thread while it is busy
@@ -58,6 +63,9 @@ async fn copy(
     mut busy: Busy,
 ) -> io::Result<Copied> {
     let (mut bytes, mut relayed) = (0, 0);
+    // An output's reader is the client, which lags (see `Stall::Ask`): its pipes get more
+    // room on the relay thread, and this is the room they had before their first turn there.
+    let mut rooms: Option<Rooms> = None;
     loop {
         let (events_src, events_dst) = (
             register(src, Interest::READABLE)?,
@@ -71,11 +79,13 @@ async fn copy(
                 bytes,
                 dst,
                 relayed,
+                rooms,
             });
         }
-        // An output's reader is the client, which lags (see `Stall::Ask`).
-        let output = matches!(stall, Stall::Ask);
-        match Relay::spawn(src, dst, progress.clone(), output) {
+        if matches!(stall, Stall::Ask) && rooms.is_none() {
+            rooms = Some(Rooms::of(&src, &dst));
+        }
+        match Relay::spawn(src, dst, progress.clone(), rooms) {
             Ok(relay) => {
                 relayed += 1;
                 match relay.finish().await? {
@@ -84,6 +94,7 @@ async fn copy(
                             bytes: bytes + moved,
                             dst,
                             relayed,
+                            rooms,
                         })
                     }
                     Handed::Quiet(moved, back_src, back_dst) => {
@@ -508,6 +519,7 @@ mod tests {
             bytes,
             dst,
             relayed,
+            ..
         } = copied;
         drop(dst); // the reader's end of file
         let got = reader.join().unwrap();
@@ -523,6 +535,55 @@ mod tests {
             assert_eq!(bytes, len as u64);
             assert!(intact, "copied bytes differ");
         }
+    }
+
+    #[tokio::test]
+    async fn an_output_fifo_left_full_gets_its_room_back_once_read() {
+        let (src_r, src_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let (dst_r, dst_w) = pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).unwrap();
+        let before = super::super::room(&dst_r);
+        let (probe, watch) = (dst_r.try_clone().unwrap(), dst_r.try_clone().unwrap());
+        let len = 24 << 20;
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(src_w);
+            set_blocking(&f);
+            let chunk = vec![7u8; 64 << 10];
+            for _ in 0..len / chunk.len() {
+                f.write_all(&chunk).unwrap();
+            }
+        });
+        // A reader that lags, as ctr does, so the FIFO is full when the process ends: too full
+        // to be narrowed as the copy leaves the relay thread. The widest room it saw is kept.
+        let reader = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(dst_r);
+            set_blocking(&f);
+            let (mut got, mut widest) = (0, 0);
+            let mut buf = vec![0u8; 32 << 10];
+            loop {
+                widest = widest.max(super::super::room(&watch).unwrap_or(0));
+                match f.read(&mut buf).unwrap() {
+                    0 => break (got, widest),
+                    n => got += n,
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+        });
+        let progress = Arc::new(AtomicU64::new(0));
+        let n = splice_to_fifo(src_r, dst_w, &progress).await.unwrap();
+        assert_eq!(n, len as u64);
+        assert_eq!(
+            super::super::room(&probe),
+            before,
+            "the room given back once read"
+        );
+        drop(probe);
+        writer.join().unwrap();
+        let (got, widest) = reader.join().unwrap();
+        assert_eq!(got, len);
+        assert!(
+            widest > before.unwrap(),
+            "the copy never had more room: {widest}"
+        );
     }
 
     #[tokio::test]
@@ -611,7 +672,7 @@ mod tests {
             nix::fcntl::FcntlArg::F_GETPIPE_SZ,
         )
         .unwrap() as usize;
-        let relay = match Relay::spawn(src_r, dst_w, Arc::new(AtomicU64::new(0)), false) {
+        let relay = match Relay::spawn(src_r, dst_w, Arc::new(AtomicU64::new(0)), None) {
             Ok(relay) => relay,
             Err(_) => panic!("no thread"),
         };

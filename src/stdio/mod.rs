@@ -250,8 +250,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// more in the event loop (a busy output copy gets more on the relay thread: see
 /// `relay::ROOM`). The pages are only allocated while bytes wait in the pipe, so an idle
 /// stream costs nothing; a stream nobody reads holds at most this much (`relay::ROOM` if its
-/// reader stopped while it was busy: a pipe that holds more than its old room keeps the
-/// wider one).
+/// reader stopped while it was busy: see `relay::Rooms`).
 const PIPE_BYTES: libc::c_int = 256 << 10;
 
 /// Gives the pipe or FIFO behind `fd` `PIPE_BYTES` of room. Best effort: an unprivileged shim
@@ -268,7 +267,8 @@ pub(crate) fn room(fd: &OwnedFd) -> Option<libc::c_int> {
 }
 
 /// Gives the pipe or FIFO behind `fd` `bytes` of room. Best effort: a pipe over its user's
-/// quota, or holding more than that, keeps its size, which only costs speed.
+/// quota keeps its size (which only costs speed), and so does one whose bytes fill more
+/// slots than `bytes` has (the kernel keeps every byte).
 pub(crate) fn set_room(fd: &OwnedFd, bytes: libc::c_int) {
     // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
     let rc = unsafe {
