@@ -411,9 +411,9 @@ mod tests {
                 );
             }
             write(&src_w, b"bytes").unwrap();
-            drop(src_w); // the end of file
-                         // A test thread held up for two sweeps would see the copy handed back quiet:
-                         // the room comes back either way.
+            // The end of file. A test thread held up for two sweeps would see the copy handed
+            // back quiet: the room comes back either way.
+            drop(src_w);
             let (moved, dst) = match relay.finish().await {
                 Ok(Handed::Ended(moved, dst)) => (moved, dst),
                 Ok(Handed::Quiet(moved, _, dst)) => (moved, dst),
