@@ -209,8 +209,8 @@ fn not_supported(test: &str, line: &str, runtime: &str) -> Option<String> {
             ))
         }
         "requests_cut_off_by_their_deadline_still_finish" if runtime == GO_SHIM => Some(
-            "containerd's Go shim abandons a Create whose deadline passes (State then answers \
-             NotFound): a known difference, where ours finishes it"
+            "containerd's Go shim kills runc when a Create's deadline passes (runc exits 137 on \
+             1.6, State answers NotFound on 2.1): a known difference, where ours finishes it"
                 .into(),
         ),
         // Seen in CI: one of the fifty came back with its exit code and no output.
