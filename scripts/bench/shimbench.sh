@@ -29,7 +29,8 @@
 #               the next (timers, giving idle memory back and faulting it in again)
 #   3. memory   RSS/PSS/USS (smaps_rollup) of 1 and of N idle shims, and their idle CPU
 #   4. stdio    stdout MiB/s (timed inside the container), stdin round trip through cat,
-#               against pipe floors and a splice relay standing in for the shim's hops
+#               against pipe floors and a splice relay standing in for the shim's hops; the
+#               shim's CPU and ctr's own (it copies every byte as well)
 #   5. scale    SCALE_N idle containers with a shim each, then PODS pods of 5 containers that
 #               share a shim (the io.containerd.runc.v2.group annotation, as a pod's containers
 #               do under CRI): the time to start them all, one after another, and the shims'
@@ -567,6 +568,10 @@ TP_CNT=$((TP_MIB * 1048576 / BS)); TP_BYTES=$((TP_CNT * BS)); ST_CNT=$((ST_MIB *
 # the container times its own writer/reader with $EPOCHREALTIME: its start and stop are not counted
 TP_SCRIPT='a=$EPOCHREALTIME; dd if=/dev/zero bs='$BS' count='$TP_CNT' 2>/dev/null; b=$EPOCHREALTIME; echo "shimbench-t $a $b" >&2'
 ST_SCRIPT='a=$EPOCHREALTIME; cat; b=$EPOCHREALTIME; echo "shimbench-t $a $b" >&2'
+# ctr's own CPU (user + system, ms) in the run just done: the subshell around it wrote `times`,
+# whose second line is its children's. ctr copies every byte too (io.Copy, 32 KiB at a time),
+# so this is the part of a stdio run no shim can take away.
+ctr_cpu_ms() { tail -1 "$D/ctr.times" | awk '{t = 0; for (i = 1; i <= 2; i++) {split($i, a, /[ms]/); t += a[1] * 60 + a[2]}; printf "%.1f", t * 1000}'; }
 inner_mib_s() { # BYTES ERRFILE: rate from the container's own timestamps
   local t; t=$(grep -a '^shimbench-t ' "$2" | tail -1)
   [ -n "$t" ] && mib_s "$1" "$(echo "$t" | cut -d' ' -f2)" "$(echo "$t" | cut -d' ' -f3)"
@@ -616,9 +621,10 @@ for ((r = 1; r <= REPS; r++)); do
       rec tp "$([ "$s" = F ] && echo floor || echo floor2)" "$(mib_s "$TP_BYTES" "$a" "$EPOCHREALTIME")"; continue
     fi
     id=tp-r$s-$r; echo "$id" >>"$D/ids"
-    if timeout 600 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_WRAP[$s]}" "$IMG" "$id" \
-        sh -c "$TP_SCRIPT" </dev/null >/dev/null 2>"$D/tp.err"; then
+    if ( timeout 600 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_WRAP[$s]}" "$IMG" "$id" \
+        sh -c "$TP_SCRIPT" </dev/null >/dev/null 2>"$D/tp.err"; rc=$?; times >"$D/ctr.times"; exit $rc ); then
       v=$(inner_mib_s "$TP_BYTES" "$D/tp.err"); [ -n "$v" ] && rec tp "$s" "$v"
+      rec ctr_gib "$s" "$(ctr_cpu_ms | awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}')"
       if [ $CPU_ACCT != none ]; then
         v=$(shim_cpu_ms "$s" "$id"); rec cpu_tp "$s" "$v"
         rec cpu_gib "$s" "$(awk -v v="$v" -v m="$TP_MIB" 'BEGIN {printf "%.3f", v * 1024 / m}')"
@@ -639,8 +645,8 @@ for ((r = 1; r <= REPS; r++)); do
     id=st-r$s-$r; echo "$id" >>"$D/ids"
     # ctr 1.6 `run` always attaches its stdin and CloseIO()s the container's stdin at EOF
     "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null \
-      | timeout 600 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_WRAP[$s]}" "$IMG" "$id" \
-          sh -c "$ST_SCRIPT" 2>"$D/st.err" | wc -c >"$D/st.count"; rcs=("${PIPESTATUS[@]}")
+      | ( timeout 600 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_WRAP[$s]}" "$IMG" "$id" \
+          sh -c "$ST_SCRIPT" 2>"$D/st.err"; rc=$?; times >"$D/ctr.times"; exit $rc ) | wc -c >"$D/st.count"; rcs=("${PIPESTATUS[@]}")
     got=$(cat "$D/st.count")
     if [ "${rcs[1]}" != 0 ]; then
       fail_note "${RT_LABEL[$s]}" "stdin $id" "ctr exit ${rcs[1]}, $got of $ST_BYTES bytes back: $(grep -v '^shimbench-t' "$D/st.err" | head -c 300)"
@@ -649,6 +655,7 @@ for ((r = 1; r <= REPS; r++)); do
     [ "$got" = "$ST_BYTES" ] && rec st_ok "$s" 1 || { rec st_ok "$s" 0; fail_note "${RT_LABEL[$s]}" "stdin $id" "$got bytes came back, $ST_BYTES went in"; }
     v=$(inner_mib_s "$ST_BYTES" "$D/st.err"); [ -n "$v" ] && rec st "$s" "$v"
     [ $CPU_ACCT != none ] && rec cpu_st "$s" "$(shim_cpu_ms "$s" "$id")"
+    rec ctr_st "$s" "$(ctr_cpu_ms)"
   done
 done
 
@@ -738,9 +745,11 @@ ROWS=(
   "tp|med|0|stdout, against the relay floor (see below)|MiB/s|floorR"
   "cpu_tp|med|1|stdout $TP_MIB MiB: shim CPU for the whole run|ms|"
   "cpu_gib|med|0|stdout: shim CPU per GiB (floor: the relay's)|ms|floorR"
+  "ctr_gib|med|0|stdout: ctr's own CPU per GiB (the reader, not a shim)|ms|"
   "st|med|0|stdin $ST_MIB MiB through cat (timed in container)|MiB/s|floor"
   "st|med|0|stdin, against the relay floor (see below)|MiB/s|floorR"
   "cpu_st|med|1|stdin $ST_MIB MiB: shim CPU for the whole run|ms|"
+  "ctr_st|med|1|stdin $ST_MIB MiB: ctr's own CPU (writer and reader)|ms|"
   "st_ok|sum|0|stdin runs with every byte back (of $REPS)|#|"
   "scale1_start|val|1|$SCALE_N idle containers, a shim each: time to start all|s|"
   "scale1_slowest|val|0|  the slowest single start of them|ms|"
@@ -813,6 +822,8 @@ extra_row() { # LABEL UNIT VALUE...: a row without ratios
   echo "  relay floors: the shim's hops done by a C program that splices stdin to stdout (blocking, 256 KiB"
   echo "  pipes), ctr's by dd bs=32k: stdout dd | relay | dd (and the relay's own CPU per GiB);"
   echo "  stdin dd | dd | relay | cat | relay | dd | wc -c."
+  echo "ctr's own CPU: user + system of ctr (and timeout) in each stdio run (bash times); ctr copies every byte"
+  echo "  too, 32 KiB at a time, so on $(nproc) cpus it is CPU no shim can give the container."
   echo "shim CPU: the shim's start copy + daemon + containerd's 'shim delete' call, per-container cpuacct cgroup;"
   echo "  runc and the container are not counted; the runc wrapper's start before it moves is ($WRAP_KIND wrapper);"
   echo "  'less the runc wrapper's': minus the CPU each wrapper run had used when it moved (its own clock)."
