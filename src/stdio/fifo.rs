@@ -70,6 +70,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fifo_gets_more_room_but_one_its_client_widened_keeps_its_own() {
+        let path = temp_fifo("room");
+        // The client's end, as ctr opens it before the Create.
+        let client = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let client = OwnedFd::from(client);
+        let fd = open_output(&path).unwrap();
+        assert_eq!(super::super::room(&fd), Some(super::super::PIPE_BYTES));
+        drop(fd);
+        // As much as any user may ask for (fs/pipe-max-size's default).
+        super::super::set_room(&client, 1 << 20);
+        assert_eq!(
+            super::super::room(&client),
+            Some(1 << 20),
+            "the client's widening"
+        );
+        let fd = open_output(&path).unwrap();
+        assert_eq!(
+            super::super::room(&fd),
+            Some(1 << 20),
+            "the client's room, kept"
+        );
+        drop((fd, client));
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    }
+
+    #[test]
     fn stdin_does_not_end_while_the_shim_holds_its_write_end() {
         let path = temp_fifo("in");
         let (reader, holder) = open_stdin(&path).unwrap();

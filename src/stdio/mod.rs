@@ -240,7 +240,8 @@ fn open_log_file(path: &Path) -> Result<OwnedFd> {
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     let (r, w) = pipe2(OFlag::O_CLOEXEC)
         .map_err(|e| Error::Internal(format!("failed to create pipe: {e}")))?;
-    widen(&r);
+    // A new pipe has the kernel's default, less than PIPE_BYTES: no need to ask.
+    set_room(&r, PIPE_BYTES);
     Ok((r, w))
 }
 
@@ -253,10 +254,13 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 /// reader stopped while it was busy: see `relay::Rooms`).
 const PIPE_BYTES: libc::c_int = 256 << 10;
 
-/// Gives the pipe or FIFO behind `fd` `PIPE_BYTES` of room. Best effort: an unprivileged shim
-/// over its user's pipe quota keeps the default size, which only costs speed.
+/// Gives the client's FIFO behind `fd` at least `PIPE_BYTES` of room: one its client made
+/// wider keeps its size. Best effort: an unprivileged shim over its user's pipe quota keeps
+/// the default size, which only costs speed.
 pub(crate) fn widen(fd: &OwnedFd) {
-    set_room(fd, PIPE_BYTES);
+    if room(fd).is_none_or(|room| room < PIPE_BYTES) {
+        set_room(fd, PIPE_BYTES);
+    }
 }
 
 /// The room of the pipe or FIFO behind `fd`, in bytes; None if it cannot be read.
