@@ -633,10 +633,11 @@ for ((r = 1; r <= REPS; r++)); do
   done
   for s in $(rotate "$r" "${RUNS[@]}" F ${RELAY:+FR}); do
     if [ "$s" = FR ]; then   # floor with ctr's and the shim's hops: dd | ctr | relay | cat | relay | ctr | wc -c
-      a=$EPOCHREALTIME
-      "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | "$BUSYBOX" dd bs=32768 2>/dev/null | "$RELAY" \
-        | cat | "$RELAY" | "$BUSYBOX" dd bs=32768 2>/dev/null | wc -c >/dev/null
-      rec st floorR "$(mib_s "$ST_BYTES" "$a" "$EPOCHREALTIME")"; continue
+      : >"$D/relay.cpu"; a=$EPOCHREALTIME
+      "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | "$BUSYBOX" dd bs=32768 2>/dev/null | "$RELAY" "$D/relay.cpu" \
+        | cat | "$RELAY" "$D/relay.cpu" | "$BUSYBOX" dd bs=32768 2>/dev/null | wc -c >/dev/null
+      rec st floorR "$(mib_s "$ST_BYTES" "$a" "$EPOCHREALTIME")"
+      rec cpu_st floorR "$(awk '{s += $1} END {printf "%.3f", s / 1000}' "$D/relay.cpu")"; continue
     fi
     if [ "$s" = F ]; then
       a=$EPOCHREALTIME; "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | cat | wc -c >/dev/null
@@ -748,7 +749,7 @@ ROWS=(
   "ctr_gib|med|0|stdout: ctr's own CPU per GiB (the reader, not a shim)|ms|"
   "st|med|0|stdin $ST_MIB MiB through cat (timed in container)|MiB/s|floor"
   "st|med|0|stdin, against the relay floor (see below)|MiB/s|floorR"
-  "cpu_st|med|1|stdin $ST_MIB MiB: shim CPU for the whole run|ms|"
+  "cpu_st|med|1|stdin $ST_MIB MiB: shim CPU, whole run (floor: the relays')|ms|floorR"
   "ctr_st|med|1|stdin $ST_MIB MiB: ctr's own CPU (writer and reader)|ms|"
   "st_ok|sum|0|stdin runs with every byte back (of $REPS)|#|"
   "scale1_start|val|1|$SCALE_N idle containers, a shim each: time to start all|s|"
@@ -821,7 +822,7 @@ extra_row() { # LABEL UNIT VALUE...: a row without ratios
   echo "  stdin: dd | cat | wc -c. Latencies include starting ctr (a Go client, the same for every runtime)."
   echo "  relay floors: the shim's hops done by a C program that splices stdin to stdout (blocking, 256 KiB"
   echo "  pipes), ctr's by dd bs=32k: stdout dd | relay | dd (and the relay's own CPU per GiB);"
-  echo "  stdin dd | dd | relay | cat | relay | dd | wc -c."
+  echo "  stdin dd | dd | relay | cat | relay | dd | wc -c (and the two relays' CPU together)."
   echo "ctr's own CPU: user + system of ctr (and timeout) in each stdio run (bash times); ctr copies every byte"
   echo "  too, 32 KiB at a time, so on $(nproc) cpus it is CPU no shim can give the container."
   echo "shim CPU: the shim's start copy + daemon + containerd's 'shim delete' call, per-container cpuacct cgroup;"
