@@ -97,10 +97,16 @@ impl Report {
             Ok(()) => println!("\ncompatibility table: {}", table.display()),
             Err(e) => println!("\ncould not write {}: {e}", table.display()),
         }
-        // Last, so that a log cut to its tail (as CI's is) still names every failure.
+        // Last, so that a log cut to its tail (as CI's is) still names every failure; then
+        // the names alone, which a long message (a daemon's log) would otherwise push out.
         if !self.failed.is_empty() {
             println!("\nfailures:");
             self.failed.iter().for_each(|f| println!("    {f}"));
+            println!("\nfailed:");
+            for f in &self.failed {
+                let name = f.lines().next().unwrap_or_default();
+                println!("    {}", name.chars().take(200).collect::<String>());
+            }
         }
         println!(
             "\ne2e: {} passed, {} failed, {} skipped",
