@@ -597,23 +597,21 @@ impl DirectShim {
             .map_err(|e| format!("connect {}: {e}", self.socket().display()))?;
         conn.set_read_timeout(Some(Duration::from_secs(60)))
             .map_err(|e| e.to_string())?;
-        // A ttrpc frame: length, stream id (odd: the client's), type, flags; then the payload.
-        let mut frame = Vec::with_capacity(ttrpc::proto::MESSAGE_HEADER_LENGTH + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        frame.extend_from_slice(&1u32.to_be_bytes());
-        frame.extend_from_slice(&[ttrpc::proto::MESSAGE_TYPE_REQUEST, 0]);
+        // Stream 1: a client's streams are odd.
+        let mut frame: Vec<u8> = ttrpc::MessageHeader::new_request(1, payload.len() as u32).into();
         frame.extend_from_slice(&payload);
         conn.write_all(&frame)
             .map_err(|e| format!("{method}: write: {e}"))?;
         let mut header = [0u8; ttrpc::proto::MESSAGE_HEADER_LENGTH];
         conn.read_exact(&mut header)
             .map_err(|e| format!("{method}: no answer: {e}"))?;
-        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let header = ttrpc::MessageHeader::from(header);
         crate::ensure!(
-            header[8] == ttrpc::proto::MESSAGE_TYPE_RESPONSE && len <= 4 << 20,
+            header.type_ == ttrpc::proto::MESSAGE_TYPE_RESPONSE
+                && header.length as usize <= ttrpc::proto::MESSAGE_LENGTH_MAX,
             "{method}: answered with frame header {header:?}"
         );
-        let mut body = vec![0u8; len];
+        let mut body = vec![0u8; header.length as usize];
         conn.read_exact(&mut body)
             .map_err(|e| format!("{method}: answer cut short: {e}"))?;
         let response = ttrpc::Response::parse_from_bytes(&body)
