@@ -6,6 +6,7 @@
 
 use super::*;
 use crate::ensure;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::{Channel, Endpoint};
@@ -51,6 +52,7 @@ pub struct Cri {
     ctr: PathBuf,
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
     daemon: Daemon,
 }
 
@@ -126,7 +128,7 @@ impl Cri {
             .enable_all()
             .build()
             .map_err(|e| e.to_string())?;
-        let client = eventually(Duration::from_secs(30), || {
+        let (client, images) = eventually(Duration::from_secs(30), || {
             rt.block_on(connect(daemon.address.clone()))
         })
         .map_err(|e| {
@@ -140,6 +142,7 @@ impl Cri {
             ctr: line.tool("ctr"),
             rt,
             client,
+            images,
             daemon,
         };
         cri.import_images()?;
@@ -177,6 +180,29 @@ impl Cri {
             }
             run_ok(cmd.arg(&archive).arg(name))?;
             self.ctr_ok(&["images", "import", &archive.to_string_lossy()])?;
+        }
+        // CRI learns of an import from containerd's image event, on its own time: a pod run
+        // before then makes CRI pull the pause image from a registry (seen on 2.1 under CI's
+        // load). So wait until CRI's image service knows both.
+        for name in [IMAGE, PAUSE_IMAGE] {
+            eventually(Duration::from_secs(30), || {
+                let mut images = self.images.clone();
+                let request = ImageStatusRequest {
+                    image: Some(ImageSpec {
+                        image: name.to_string(),
+                        ..Default::default()
+                    }),
+                    verbose: false,
+                };
+                let status = self
+                    .rt
+                    .block_on(async move { images.image_status(request).await })
+                    .map_err(|s| format!("ImageStatus {name}: {:?}: {}", s.code(), s.message()))?;
+                match status.into_inner().image {
+                    Some(_) => Ok(()),
+                    None => Err(format!("CRI does not know the imported image {name}")),
+                }
+            })?;
         }
         Ok(())
     }
@@ -366,7 +392,9 @@ impl Cri {
     }
 }
 
-async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, String> {
+async fn connect(
+    socket: PathBuf,
+) -> Result<(RuntimeServiceClient<Channel>, ImageServiceClient<Channel>), String> {
     let channel = Endpoint::try_from("http://[::]:50051")
         .map_err(|e| e.to_string())?
         .connect_with_connector(tower::service_fn(move |_| {
@@ -378,12 +406,12 @@ async fn connect(socket: PathBuf) -> Result<RuntimeServiceClient<Channel>, Strin
         }))
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let mut client = RuntimeServiceClient::new(channel);
+    let mut client = RuntimeServiceClient::new(channel.clone());
     client
         .version(VersionRequest::default())
         .await
         .map_err(|e| format!("Version: {e}"))?;
-    Ok(client)
+    Ok((client, ImageServiceClient::new(channel)))
 }
 
 /// config.toml with CRI on, the three handlers, host-network pods only, and nothing shared
