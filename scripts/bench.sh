@@ -9,7 +9,8 @@
 #
 # usage: scripts/bench.sh [--quick] [--only SECTION,...] [--keep]
 #   RUST_EXT=/path/to/containerd-shim-runc-v2 adds the shim of containerd/rust-extensions as a
-#   third column (cargo install containerd-runc-shim --version 0.1.1).
+#   third column (cargo install containerd-runc-shim --version 0.1.1); as it copies nothing, it
+#   also gives the relay floors under ctr (the shim's copies done by a C relay in its container).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x /usr/local/bin/containerd-shim-rustshim-v1 ] || scripts/install.sh >/dev/null

@@ -30,7 +30,9 @@
 #   3. memory   RSS/PSS/USS (smaps_rollup) of 1 and of N idle shims, and their idle CPU
 #   4. stdio    stdout MiB/s (timed inside the container), stdin round trip through cat,
 #               against pipe floors and a splice relay standing in for the shim's hops; the
-#               shim's CPU and ctr's own (it copies every byte as well)
+#               shim's CPU and ctr's own (it copies every byte as well); given a runtime that
+#               hands the container ctr's FIFOs (rust-extensions' shim), the same relay
+#               inside its containers, on ctr's FIFOs: the relay floors under ctr
 #   5. scale    SCALE_N idle containers with a shim each, then PODS pods of 5 containers that
 #               share a shim (the io.containerd.runc.v2.group annotation, as a pod's containers
 #               do under CRI): the time to start them all, one after another, and the shims'
@@ -605,8 +607,42 @@ int main(int argc, char **argv) {
 EOF
 command -v cc >/dev/null && cc -O2 -o "$D/relay" "$D/relay.c" 2>/dev/null && RELAY=$D/relay
 [ -n "$RELAY" ] || log "no C compiler: the relay floors are n/a"
+# The relay floors under ctr: a runtime that hands ctr's FIFOs to the container and copies
+# nothing (rust-extensions' shim) runs the same relays inside the container, where they read
+# and write ctr's FIFOs as a shim would. ctr then stands on both sides as it does for any shim,
+# Go's poller and all, which dd does not. Only with such a runtime among those given.
+NOCOPY=
+if [ -n "$RELAY" ] && cc -O2 -static -o "$D/relay-static" "$D/relay.c" 2>/dev/null; then
+  mkdir -p "$D/rcpu"
+  for k in "${!RT_SPEC[@]}"; do
+    echo "nc-r$k" >>"$D/ids"
+    out=$(timeout 60 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_NAME[$k]}" "$IMG" "nc-r$k" \
+      readlink /proc/self/fd/1 </dev/null 2>/dev/null) || { force_rm "nc-r$k"; continue; }
+    case $out in ""|pipe:*|socket:*) ;; *) NOCOPY=$k; break ;; esac
+  done
+fi
+[ -n "$NOCOPY" ] && log "   relays under ctr: in containers of ${RT_LABEL[$NOCOPY]}, which gets ctr's FIFOs" \
+  || log "   no runtime given hands the container ctr's FIFOs: the relay floors under ctr are n/a"
+# RUNTIME-K SCRIPT: ctr run --rm on the no-copy runtime with the static relay at /relay and a
+# directory at /cpu for its CPU figures; stdin from the caller
+run_with_relay() {
+  timeout 600 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_NAME[$NOCOPY]}" \
+    --mount "type=bind,src=$D/relay-static,dst=/relay,options=rbind:ro" \
+    --mount "type=bind,src=$D/rcpu,dst=/cpu,options=rbind:rw" "$IMG" "$1" sh -c "$2"
+}
+relay_cpu_ms() { awk '{s += $1} END {printf "%.3f", s / 1000}' "$D/rcpu/relay.cpu"; }
 for ((r = 1; r <= REPS; r++)); do
-  for s in $(rotate "$r" "${RUNS[@]}" F F2 ${RELAY:+FR}); do
+  for s in $(rotate "$r" "${RUNS[@]}" F F2 ${RELAY:+FR} ${NOCOPY:+FC}); do
+    if [ "$s" = FC ]; then   # floor: the relay under ctr, between the container's dd and ctr
+      id=tpc-$r; echo "$id" >>"$D/ids"; : >"$D/rcpu/relay.cpu"
+      if ( run_with_relay "$id" "${TP_SCRIPT/ 2>\/dev\/null;/ 2>\/dev\/null | \/relay \/cpu\/relay.cpu;}" \
+          </dev/null >/dev/null 2>"$D/tp.err"; rc=$?; times >"$D/ctr.times"; exit $rc ); then
+        v=$(inner_mib_s "$TP_BYTES" "$D/tp.err"); [ -n "$v" ] && rec tp floorC "$v"
+        rec cpu_gib floorC "$(relay_cpu_ms | awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}')"
+        rec ctr_gib floorC "$(ctr_cpu_ms | awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}')"
+      else fail_note floorC "stdout $id" "$(grep -v '^shimbench-t' "$D/tp.err" | head -c 300)"; force_rm "$id"; fi
+      continue
+    fi
     if [ "$s" = FR ]; then   # floor: dd | relay | dd bs=32k (ctr), and the relay's CPU per GiB
       : >"$D/relay.cpu"; a=$EPOCHREALTIME
       "$BUSYBOX" dd if=/dev/zero bs=$BS count=$TP_CNT 2>/dev/null | "$RELAY" "$D/relay.cpu" \
@@ -631,7 +667,18 @@ for ((r = 1; r <= REPS; r++)); do
       fi
     else fail_note "${RT_LABEL[$s]}" "stdout $id" "$(grep -v '^shimbench-t' "$D/tp.err" | head -c 300)"; force_rm "$id"; fi
   done
-  for s in $(rotate "$r" "${RUNS[@]}" F ${RELAY:+FR}); do
+  for s in $(rotate "$r" "${RUNS[@]}" F ${RELAY:+FR} ${NOCOPY:+FC}); do
+    if [ "$s" = FC ]; then   # floor: ctr | relay | cat | relay | ctr, the relays in the container
+      id=stc-$r; echo "$id" >>"$D/ids"; : >"$D/rcpu/relay.cpu"
+      "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null \
+        | ( run_with_relay "$id" "${ST_SCRIPT/ cat;/ \/relay \/cpu\/relay.cpu | cat | \/relay \/cpu\/relay.cpu;}" 2>"$D/st.err"
+            rc=$?; times >"$D/ctr.times"; exit $rc ) | wc -c >"$D/st.count"; rcs=("${PIPESTATUS[@]}")
+      if [ "${rcs[1]}" = 0 ] && [ "$(cat "$D/st.count")" = "$ST_BYTES" ]; then
+        v=$(inner_mib_s "$ST_BYTES" "$D/st.err"); [ -n "$v" ] && rec st floorC "$v"
+        rec cpu_st floorC "$(relay_cpu_ms)"; rec ctr_st floorC "$(ctr_cpu_ms)"
+      else fail_note floorC "stdin $id" "ctr exit ${rcs[1]}, $(cat "$D/st.count") of $ST_BYTES bytes back"; force_rm "$id"; fi
+      continue
+    fi
     if [ "$s" = FR ]; then   # floor with ctr's and the shim's hops: dd | ctr | relay | cat | relay | ctr | wc -c
       : >"$D/relay.cpu"; a=$EPOCHREALTIME
       "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | "$BUSYBOX" dd bs=32768 2>/dev/null | "$RELAY" "$D/relay.cpu" \
@@ -746,11 +793,15 @@ ROWS=(
   "tp|med|0|stdout, against the relay floor (see below)|MiB/s|floorR"
   "cpu_tp|med|1|stdout $TP_MIB MiB: shim CPU for the whole run|ms|"
   "cpu_gib|med|0|stdout: shim CPU per GiB (floor: the relay's)|ms|floorR"
-  "ctr_gib|med|0|stdout: ctr's own CPU per GiB (the reader, not a shim)|ms|"
+  "tp|med|0|stdout, against the relay under ctr (see below)|MiB/s|floorC"
+  "cpu_gib|med|0|stdout: shim CPU per GiB (floor: the relay's under ctr)|ms|floorC"
+  "ctr_gib|med|0|stdout: ctr's own CPU per GiB (floor: beside the relay)|ms|floorC"
   "st|med|0|stdin $ST_MIB MiB through cat (timed in container)|MiB/s|floor"
   "st|med|0|stdin, against the relay floor (see below)|MiB/s|floorR"
   "cpu_st|med|1|stdin $ST_MIB MiB: shim CPU, whole run (floor: the relays')|ms|floorR"
-  "ctr_st|med|1|stdin $ST_MIB MiB: ctr's own CPU (writer and reader)|ms|"
+  "st|med|0|stdin, against the relays under ctr (see below)|MiB/s|floorC"
+  "cpu_st|med|1|stdin: shim CPU (floor: the relays' under ctr)|ms|floorC"
+  "ctr_st|med|1|stdin $ST_MIB MiB: ctr's own CPU (floor: beside the relays)|ms|floorC"
   "st_ok|sum|0|stdin runs with every byte back (of $REPS)|#|"
   "scale1_start|val|1|$SCALE_N idle containers, a shim each: time to start all|s|"
   "scale1_slowest|val|0|  the slowest single start of them|ms|"
@@ -823,6 +874,8 @@ extra_row() { # LABEL UNIT VALUE...: a row without ratios
   echo "  relay floors: the shim's hops done by a C program that splices stdin to stdout (blocking, 256 KiB"
   echo "  pipes), ctr's by dd bs=32k: stdout dd | relay | dd (and the relay's own CPU per GiB);"
   echo "  stdin dd | dd | relay | cat | relay | dd | wc -c (and the two relays' CPU together)."
+  echo "  relay floors under ctr: the same relays in a container of a runtime that hands it ctr's FIFOs and"
+  echo "  copies nothing$([ -n "$NOCOPY" ] && echo " (${RT_LABEL[$NOCOPY]})" || echo ", when one is given (none was: n/a)"): stdout dd | relay > FIFO; stdin FIFO > relay | cat | relay > FIFO."
   echo "ctr's own CPU: user + system of ctr (and timeout) in each stdio run (bash times); ctr copies every byte"
   echo "  too, 32 KiB at a time, so on $(nproc) cpus it is CPU no shim can give the container."
   echo "shim CPU: the shim's start copy + daemon + containerd's 'shim delete' call, per-container cpuacct cgroup;"
