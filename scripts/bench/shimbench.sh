@@ -124,6 +124,9 @@ RES=$D/res
 CTD_PID=; CG=; CPU_ACCT=none; CLEANED=0
 mkdir -p "$D"/{bin,wrap,runcwrap,fifo,res,rootfs,img,runc} || die "cannot create $D"
 : >"$D/ids"; : >"$D/wrap.log"; : >"$D/failures"
+# Sockets straight under /run/containerd before we start: rust-extensions' shim 0.1.1 puts its
+# own there and leaves them when it exits; cleanup removes those that appear during the run.
+ls /run/containerd/*.sock >"$D/socks.before" 2>/dev/null
 
 C() { ctr -a "$SOCK" -n "$NS" "$@"; }
 sock_of() { printf '/run/containerd/s/%s' "$(printf '%s' "$SOCK/$NS/$1" | sha256sum | cut -c1-64)"; }
@@ -157,6 +160,11 @@ cleanup() {
   done
   while read -r id; do [ -n "$id" ] && rm -f "$(sock_of "$id")"; done <"$D/ids"
   rm -rf "/run/containerd/runc/$NS"
+  n=0; for f in /run/containerd/*.sock; do
+    [ -S "$f" ] && ! grep -qxF "$f" "$D/socks.before" && ! ss -xlH "src $f" 2>/dev/null | grep -q . \
+      && rm -f "$f" && n=$((n + 1))
+  done
+  [ $n = 0 ] || log "cleanup: removed $n sockets that shims left in /run/containerd"
   [ "$(our_mounts | wc -l)" = 0 ] || log "cleanup: WARNING: mounts under $D remain"
   if [ $KEEP = 1 ]; then log "kept work dir $D"; else rm -rf --one-file-system "$D"; fi
 }
