@@ -638,7 +638,8 @@ run_with_relay() {
     --mount "type=bind,src=$D/relay-static,dst=/relay,options=rbind:ro" \
     --mount "type=bind,src=$D/rcpu,dst=/cpu,options=rbind:rw" "$IMG" "$1" sh -c "$2"
 }
-relay_cpu_ms() { awk '{s += $1} END {printf "%.3f", s / 1000}' "$D/rcpu/relay.cpu"; }
+relay_cpu_ms() { awk '{s += $1} END {printf "%.3f", s / 1000}' "$1"; }   # FILE: the relays' lines (us)
+per_gib() { awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}'; }   # ms for TP_MIB -> ms per GiB
 for ((r = 1; r <= REPS; r++)); do
   for s in $(rotate "$r" "${RUNS[@]}" F F2 ${RELAY:+FR} ${NOCOPY:+FC}); do
     if [ "$s" = FC ]; then   # floor: the relay under ctr, between the container's dd and ctr
@@ -646,8 +647,8 @@ for ((r = 1; r <= REPS; r++)); do
       if ( run_with_relay "$id" "${TP_SCRIPT/ 2>\/dev\/null;/ 2>\/dev\/null | \/relay \/cpu\/relay.cpu;}" \
           </dev/null >/dev/null 2>"$D/tp.err"; rc=$?; times >"$D/ctr.times"; exit $rc ); then
         v=$(inner_mib_s "$TP_BYTES" "$D/tp.err"); [ -n "$v" ] && rec tp floorC "$v"
-        rec cpu_gib floorC "$(relay_cpu_ms | awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}')"
-        rec ctr_gib floorC "$(ctr_cpu_ms | awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}')"
+        rec cpu_gib floorC "$(relay_cpu_ms "$D/rcpu/relay.cpu" | per_gib)"
+        rec ctr_gib floorC "$(ctr_cpu_ms | per_gib)"
       else fail_note floorC "stdout $id" "$(grep -v '^shimbench-t' "$D/tp.err" | head -c 300)"; force_rm "$id"; fi
       continue
     fi
@@ -656,7 +657,7 @@ for ((r = 1; r <= REPS; r++)); do
       "$BUSYBOX" dd if=/dev/zero bs=$BS count=$TP_CNT 2>/dev/null | "$RELAY" "$D/relay.cpu" \
         | "$BUSYBOX" dd bs=32768 of=/dev/null 2>/dev/null
       rec tp floorR "$(mib_s "$TP_BYTES" "$a" "$EPOCHREALTIME")"
-      rec cpu_gib floorR "$(awk -v m="$TP_MIB" '{printf "%.3f", $1 / 1000 * 1024 / m}' "$D/relay.cpu")"; continue
+      rec cpu_gib floorR "$(relay_cpu_ms "$D/relay.cpu" | per_gib)"; continue
     fi
     if [ "$s" = F ] || [ "$s" = F2 ]; then   # floors: dd | cat (one copy), dd | cat | cat (two: shim, ctr)
       a=$EPOCHREALTIME
@@ -668,7 +669,7 @@ for ((r = 1; r <= REPS; r++)); do
     if ( timeout 600 ctr -a "$SOCK" -n "$NS" run --rm --fifo-dir "$D/fifo" --runtime "${RT_WRAP[$s]}" "$IMG" "$id" \
         sh -c "$TP_SCRIPT" </dev/null >/dev/null 2>"$D/tp.err"; rc=$?; times >"$D/ctr.times"; exit $rc ); then
       v=$(inner_mib_s "$TP_BYTES" "$D/tp.err"); [ -n "$v" ] && rec tp "$s" "$v"
-      rec ctr_gib "$s" "$(ctr_cpu_ms | awk -v m="$TP_MIB" '{printf "%.3f", $1 * 1024 / m}')"
+      rec ctr_gib "$s" "$(ctr_cpu_ms | per_gib)"
       if [ $CPU_ACCT != none ]; then
         v=$(shim_cpu_ms "$s" "$id"); rec cpu_tp "$s" "$v"
         rec cpu_gib "$s" "$(awk -v v="$v" -v m="$TP_MIB" 'BEGIN {printf "%.3f", v * 1024 / m}')"
@@ -683,7 +684,7 @@ for ((r = 1; r <= REPS; r++)); do
             rc=$?; times >"$D/ctr.times"; exit $rc ) | wc -c >"$D/st.count"; rcs=("${PIPESTATUS[@]}")
       if [ "${rcs[1]}" = 0 ] && [ "$(cat "$D/st.count")" = "$ST_BYTES" ]; then
         v=$(inner_mib_s "$ST_BYTES" "$D/st.err"); [ -n "$v" ] && rec st floorC "$v"
-        rec cpu_st floorC "$(relay_cpu_ms)"; rec ctr_st floorC "$(ctr_cpu_ms)"
+        rec cpu_st floorC "$(relay_cpu_ms "$D/rcpu/relay.cpu")"; rec ctr_st floorC "$(ctr_cpu_ms)"
       else fail_note floorC "stdin $id" "ctr exit ${rcs[1]}, $(cat "$D/st.count") of $ST_BYTES bytes back"; force_rm "$id"; fi
       continue
     fi
@@ -692,7 +693,7 @@ for ((r = 1; r <= REPS; r++)); do
       "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | "$BUSYBOX" dd bs=32768 2>/dev/null | "$RELAY" "$D/relay.cpu" \
         | cat | "$RELAY" "$D/relay.cpu" | "$BUSYBOX" dd bs=32768 2>/dev/null | wc -c >/dev/null
       rec st floorR "$(mib_s "$ST_BYTES" "$a" "$EPOCHREALTIME")"
-      rec cpu_st floorR "$(awk '{s += $1} END {printf "%.3f", s / 1000}' "$D/relay.cpu")"; continue
+      rec cpu_st floorR "$(relay_cpu_ms "$D/relay.cpu")"; continue
     fi
     if [ "$s" = F ]; then
       a=$EPOCHREALTIME; "$BUSYBOX" dd if=/dev/zero bs=$BS count=$ST_CNT 2>/dev/null | cat | wc -c >/dev/null
